@@ -1,0 +1,398 @@
+"""The admin command line: `digest demo`, `digest send`, `digest preview`, subscribers, papers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from digest import services
+from digest.config import Settings, get_settings
+from digest.db import create_schema, make_engine, session_scope
+from digest.mailer import FileMailer, Mailer, make_mailer
+from digest.models import Frequency, SubscriberStatus
+
+DEMO_EMAIL = "demo@example.com"
+DEMO_TOPICS = ("diffusion models", "large language model reasoning", "robot learning")
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class App:
+    """What every command needs: settings, and lazily the engine and the mailer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url)
+            create_schema(self._engine)
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+    def mailer(self) -> Mailer:
+        s = self.settings
+        return make_mailer(
+            s.mailer, outbox_dir=s.outbox_dir, smtp_url=s.smtp_url, smtp_timeout=s.smtp_timeout
+        )
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group()
+@click.version_option(package_name="digest")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """digest: each subscriber's research papers, once a day, by email."""
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        raise click.ClickException(f"bad settings: {exc}") from exc
+    ctx.obj = App(settings)
+
+
+def _parse_date(value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-06-12") from exc
+
+
+def print_summary(summary: services.SendSummary, *, verbose: bool = True) -> None:
+    verb = "would send" if summary.dry_run else "sent"
+    click.echo(
+        f"{verb} {len(summary.sent)}, skipped {len(summary.skipped)}, "
+        f"failed {len(summary.failed)}"
+        + (f" (digest date {summary.digest_date})" if summary.digest_date else "")
+    )
+    if verbose:
+        for email, count in summary.sent:
+            click.echo(f"  {verb:>10}  {email}: {count} paper{'s' if count != 1 else ''}")
+        for email, reason in summary.skipped:
+            click.echo(f"  {'skipped':>10}  {email}: {reason}")
+        for email, reason in summary.failed:
+            click.echo(f"  {'failed':>10}  {email}: {reason}")
+    else:
+        for label, items in (("skipped", summary.skipped), ("failed", summary.failed)):
+            for reason, count in services._count_reasons(items).items():
+                click.echo(f"  {label}: {count} ({reason})")
+
+
+def _send(
+    app: App,
+    *,
+    email: str | None,
+    date: dt.date | None,
+    dry_run: bool,
+    mailer: Mailer | None = None,
+) -> services.SendSummary:
+    now = now_utc()
+    mailer = mailer or app.mailer()
+    with app.session() as session:
+        bar_holder: dict[str, object] = {}
+
+        def on_total(total: int) -> None:
+            if total > 1 and sys.stderr.isatty():
+                bar = click.progressbar(length=total, label="Sending digests", file=sys.stderr)
+                bar.__enter__()
+                bar_holder["bar"] = bar
+
+        def progress(n: int) -> None:
+            bar = bar_holder.get("bar")
+            if bar is not None:
+                bar.update(n)  # type: ignore[attr-defined]
+
+        try:
+            summary = services.send_due_digests(
+                session=session,
+                mailer=mailer,
+                settings=app.settings,
+                now=now,
+                digest_date=date,
+                email=email,
+                dry_run=dry_run,
+                progress=progress,
+                on_total=on_total,
+            )
+        except services.UserError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            bar = bar_holder.get("bar")
+            if bar is not None:
+                bar.__exit__(None, None, None)  # type: ignore[attr-defined]
+    return summary
+
+
+@main.command()
+@click.option("--email", help="Only this subscriber.")
+@click.option(
+    "--date",
+    "date_text",
+    metavar="YYYY-MM-DD",
+    help="Digest date (default: each subscriber's local today, at their send hour).",
+)
+@click.option("--dry-run", is_flag=True, help="Rank and report, send and record nothing.")
+@pass_app
+def send(app: App, email: str | None, date_text: str | None, dry_run: bool) -> None:
+    """Send the digests that are due now (or for --date), then say who got what and why not."""
+    summary = _send(app, email=email, date=_parse_date(date_text), dry_run=dry_run)
+    print_summary(summary, verbose=len(summary.sent) + len(summary.skipped) <= 50)
+    if app.settings.mailer == "file" and summary.sent and not dry_run:
+        click.echo(f"Messages are in {services.outbox_path(app.settings)}")
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("email")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write (default: preview-<address>.html).",
+)
+@click.option("--date", "date_text", metavar="YYYY-MM-DD")
+@pass_app
+def preview(app: App, email: str, out: Path | None, date_text: str | None) -> None:
+    """Write the digest EMAIL would get, as HTML, without sending or recording anything."""
+    with app.session() as session:
+        try:
+            html, picks, empty = services.preview_digest(
+                session=session,
+                settings=app.settings,
+                email=email,
+                now=now_utc(),
+                digest_date=_parse_date(date_text),
+            )
+        except services.UserError as exc:
+            raise click.ClickException(str(exc)) from exc
+    out = out or Path(f"preview-{email.replace('@', '_at_')}.html")
+    out.write_text(html, encoding="utf-8")
+    for n, pick in enumerate(picks, start=1):
+        click.echo(f"{n:2d}. [{pick.score:.3f}] {pick.paper_id}: {pick.why}")
+    if empty:
+        click.echo(f"The digest would be empty: {empty}.")
+    click.echo(f"Preview written to {out.resolve().as_uri()}")
+
+
+@main.command()
+@click.option("--email", default=DEMO_EMAIL, show_default=True)
+@click.option("--topic", "topics", multiple=True, help="Demo topics (repeat the option).")
+@pass_app
+def demo(app: App, email: str, topics: tuple[str, ...]) -> None:
+    """Seeds, a demo subscriber, and today's digest written to ./outbox/ as .eml files."""
+    settings = app.settings
+    now = now_utc()
+    with app.session() as session:
+        report = services.load_seeds(session=session, settings=settings, now=now)
+        click.echo(f"Seed papers: {report.new} new, {report.read - report.new} already stored.")
+        # The demo starts its subscriber afresh each run, so each run shows a whole digest.
+        services.remove_subscriber(session=session, email=email)
+        subscriber = services.add_subscriber(
+            session=session,
+            email=email,
+            topics=topics or DEMO_TOPICS,
+            now=now,
+        )
+        click.echo(f"Demo subscriber {subscriber.email}: {', '.join(subscriber.topics)}")
+    mailer = FileMailer(settings.outbox_dir)
+    summary = _send(app, email=email, date=now.date(), dry_run=False, mailer=mailer)
+    print_summary(summary)
+    if summary.sent:
+        files = sorted(settings.outbox_dir.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+        click.echo(f"Your digest is in {files[-1].resolve()}")
+        click.echo(
+            f"Open it in a mail client, or run `digest preview {email}` to see it in a browser."
+        )
+    else:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--limit", default=10, show_default=True)
+@pass_app
+def status(app: App, limit: int) -> None:
+    """The last ingest and send runs, and what they did."""
+    with app.session() as session:
+        runs = services.last_runs(session=session, limit=limit)
+    if not runs:
+        click.echo("No runs yet.")
+    for run in runs:
+        started = run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {json.dumps(run.summary)}")
+
+
+@main.group()
+def subscribers() -> None:
+    """Add, list and remove subscribers."""
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--topic", "topics", multiple=True, required=True, help="Repeat for each topic.")
+@click.option("--exclude", multiple=True, help="Drop papers matching this term (repeatable).")
+@click.option("--hour", "send_hour", type=click.IntRange(0, 23), default=None)
+@click.option("--timezone", default=None, help="IANA zone, e.g. Europe/Paris.")
+@click.option(
+    "--weekly",
+    type=click.IntRange(0, 6),
+    default=None,
+    help="Weekly on this day (0=Monday) instead of daily.",
+)
+@click.option("--pending", is_flag=True, help="Add unconfirmed (no digest until confirmed).")
+@pass_app
+def subscribers_add(
+    app: App,
+    email: str,
+    topics: tuple[str, ...],
+    exclude: tuple[str, ...],
+    send_hour: int | None,
+    timezone: str | None,
+    weekly: int | None,
+    pending: bool,
+) -> None:
+    """Add a confirmed subscriber (admin path: no confirmation email)."""
+    with app.session() as session:
+        try:
+            subscriber = services.add_subscriber(
+                session=session,
+                email=email,
+                topics=topics,
+                exclude=exclude,
+                now=now_utc(),
+                status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
+                send_hour=app.settings.default_send_hour if send_hour is None else send_hour,
+                timezone=timezone or app.settings.default_timezone,
+                frequency=Frequency.WEEKLY if weekly is not None else Frequency.DAILY,
+                weekly_day=weekly or 0,
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{subscriber.email} ({subscriber.status}): {', '.join(subscriber.topics)}")
+
+
+@subscribers.command("list")
+@pass_app
+def subscribers_list(app: App) -> None:
+    """Every subscriber with status, schedule and topics."""
+    with app.session() as session:
+        rows = services.list_subscribers(session=session)
+    if not rows:
+        click.echo("No subscribers.")
+    for s in rows:
+        when = f"{s.frequency} {s.send_hour:02d}:00 {s.timezone}"
+        click.echo(f"{s.email}\t{s.status}\t{when}\t{'; '.join(s.topics)}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@pass_app
+def subscribers_remove(app: App, email: str) -> None:
+    """Delete a subscriber and their delivery history."""
+    with app.session() as session:
+        try:
+            removed = services.remove_subscriber(session=session, email=email)
+        except services.UserError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if not removed:
+        _fail(f"No subscriber with address {email}.")
+    click.echo(f"Removed {email}.")
+
+
+@main.group()
+def papers() -> None:
+    """Import and export papers in the JSON Lines paper format."""
+
+
+@papers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_app
+def papers_import(app: App, file: Path) -> None:
+    """Import a .jsonl (or .jsonl.gz) paper file; bad lines are reported, good ones kept."""
+    import gzip
+
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+        total = sum(1 for line in handle if line.strip())
+    with opener(file, "rt", encoding="utf-8") as handle, app.session() as session:  # type: ignore[operator]
+        with click.progressbar(
+            length=total, label=f"Importing {file.name}", file=sys.stderr
+        ) as bar:
+            report = services.import_papers(
+                session=session, lines=handle, now=now_utc(), progress=bar.update
+            )
+    click.echo(
+        f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{len(report.bad_lines)} bad lines"
+    )
+    for bad in report.bad_lines[:20]:
+        click.echo(f"  line {bad.line_number}: {bad.error}", err=True)
+    if len(report.bad_lines) > 20:
+        click.echo(f"  ... and {len(report.bad_lines) - 20} more", err=True)
+
+
+@papers.command("export")
+@click.option("--out", type=click.File("w", encoding="utf-8"), default="-")
+@pass_app
+def papers_export(app: App, out: click.utils.LazyFile) -> None:
+    """Write every stored paper as JSON Lines (stdout by default)."""
+    from digest.papers import write_papers
+
+    with app.session() as session:
+        count = write_papers(services.export_papers(session=session), out)  # type: ignore[arg-type]
+    click.echo(f"{count} papers exported", err=True)
+
+
+@main.group()
+def seeds() -> None:
+    """The bundled seed papers."""
+
+
+@seeds.command("load")
+@pass_app
+def seeds_load(app: App) -> None:
+    """Load the bundled seed papers into the store."""
+    with app.session() as session:
+        report = services.load_seeds(session=session, settings=app.settings, now=now_utc())
+    click.echo(f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@pass_app
+def serve(app: App, host: str, port: int) -> None:
+    """Run the web app (subscribe, confirm, unsubscribe, preferences) with waitress."""
+    from waitress import serve as waitress_serve
+
+    from digest.web import create_app
+
+    web = create_app(app.settings, engine=app.engine, mailer=app.mailer())
+    click.echo(f"Serving on http://{host}:{port}/ (links in emails use {app.settings.base_url})")
+    waitress_serve(web, host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()

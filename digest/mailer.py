@@ -1,0 +1,207 @@
+"""One sender interface with SMTP, file (outbox) and console backends, chosen by a setting."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import smtplib
+import ssl
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class DeliveryError(Exception):
+    """A message could not be handed over. `permanent` failures must not be retried."""
+
+    def __init__(self, message: str, *, permanent: bool, code: int | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.code = code
+
+
+class Connection(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+
+class Mailer(Protocol):
+    """`with mailer.connect() as conn: conn.send(msg)` – one connection for a batch."""
+
+    def connect(self) -> Iterator[Connection]: ...
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    implicit_tls: bool = False  # smtps://
+    starttls: bool = False
+    timeout: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float = 30.0) -> SMTPConfig:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError(f"SMTP URL must start with smtp:// or smtps://, got {url!r}")
+        query = parse_qs(parts.query)
+        implicit = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (465 if implicit else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit,
+            starttls=query.get("starttls", ["0"])[0].lower() in ("1", "true", "yes"),
+            timeout=timeout,
+        )
+
+
+class SMTPConnection:
+    def __init__(self, config: SMTPConfig) -> None:
+        self.config = config
+        self._smtp: smtplib.SMTP | None = None
+
+    def open(self) -> None:
+        cfg = self.config
+        try:
+            if cfg.implicit_tls:
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
+                )
+            else:
+                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+                if cfg.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+            if cfg.username:
+                smtp.login(cfg.username, cfg.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"SMTP login refused: {exc}", permanent=True) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(
+                f"cannot reach the SMTP server {cfg.host}:{cfg.port}: {exc}", permanent=False
+            ) from exc
+        self._smtp = smtp
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._smtp = None
+
+    def send(self, message: EmailMessage) -> None:
+        # A dropped connection is reopened once per message; anything else is the caller's call.
+        for attempt in (1, 2):
+            if self._smtp is None:
+                self.open()
+            assert self._smtp is not None
+            try:
+                refused = self._smtp.send_message(message)
+            except smtplib.SMTPServerDisconnected as exc:
+                self._smtp = None
+                if attempt == 2:
+                    raise DeliveryError(f"SMTP connection lost: {exc}", permanent=False) from exc
+                continue
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, reason = next(iter(exc.recipients.values()))
+                raise _smtp_error(code, reason) from exc
+            except smtplib.SMTPResponseException as exc:
+                raise _smtp_error(exc.smtp_code, exc.smtp_error) from exc
+            except OSError as exc:
+                self._smtp = None
+                raise DeliveryError(f"SMTP connection failed: {exc}", permanent=False) from exc
+            if refused:
+                code, reason = next(iter(refused.values()))
+                raise _smtp_error(code, reason)
+            return
+
+
+def _smtp_error(code: int, reason: bytes | str) -> DeliveryError:
+    text = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
+    return DeliveryError(f"SMTP {code} {text}", permanent=500 <= code < 600, code=code)
+
+
+class SMTPMailer:
+    def __init__(self, config: SMTPConfig) -> None:
+        self.config = config
+
+    @contextmanager
+    def connect(self) -> Iterator[SMTPConnection]:
+        connection = SMTPConnection(self.config)
+        connection.open()
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+
+
+def outbox_filename(message: EmailMessage) -> str:
+    """A readable, unique file name: date, recipient and a hash of the Message-ID."""
+    when = parsedate_to_datetime(str(message["Date"])).strftime("%Y%m%d-%H%M%S")
+    to = _UNSAFE.sub("_", str(message["To"]))[:80]
+    digest = hashlib.sha256(str(message["Message-ID"]).encode()).hexdigest()[:10]
+    return f"{when}-{to}-{digest}.eml"
+
+
+class FileConnection:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.written: list[Path] = []
+
+    def send(self, message: EmailMessage) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / outbox_filename(message)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(message.as_bytes())
+        tmp.replace(path)  # atomic: a reader never sees half a message
+        self.written.append(path)
+
+
+class FileMailer:
+    """Writes each message as an .eml file, openable in any mail client."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @contextmanager
+    def connect(self) -> Iterator[FileConnection]:
+        yield FileConnection(self.directory)
+
+
+class ConsoleConnection:
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def send(self, message: EmailMessage) -> None:
+        self.out.write(message.as_string() + "\n" + "=" * 72 + "\n")
+
+
+class ConsoleMailer:
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out
+
+    @contextmanager
+    def connect(self) -> Iterator[ConsoleConnection]:
+        yield ConsoleConnection(self.out or sys.stdout)
+
+
+def make_mailer(kind: str, *, outbox_dir: Path, smtp_url: str, smtp_timeout: float) -> Mailer:
+    if kind == "smtp":
+        return SMTPMailer(SMTPConfig.from_url(smtp_url, timeout=smtp_timeout))
+    if kind == "file":
+        return FileMailer(outbox_dir)
+    if kind == "console":
+        return ConsoleMailer()
+    raise ValueError(f"unknown mailer {kind!r}: use smtp, file or console")

@@ -1,0 +1,153 @@
+"""Every table of the store: papers, subscribers, deliveries and what they held, feedback, runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores aware datetimes as UTC and always gives back aware UTC datetimes.
+
+    SQLite has no time zones; without this a round trip silently turns aware values naive.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _utc_column(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _json_list() -> Any:
+    return Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class Paper(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=200)
+    title: str
+    abstract: str = ""
+    authors: list[str] = _json_list()
+    published: dt.datetime | None = _utc_column()
+    first_seen: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    url: str | None = None
+    categories: list[str] = _json_list()
+    upvotes: int | None = None
+    comments: int | None = None
+    github_repo: str | None = None
+    github_stars: int | None = None
+    ai_summary: str | None = None
+    ai_keywords: list[str] = _json_list()
+    comment: str | None = None
+    sources: list[str] = _json_list()
+
+
+class SubscriberStatus(StrEnum):
+    PENDING = "pending"  # signed up, not yet confirmed: never mailed a digest
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    SUPPRESSED = "suppressed"  # repeated permanent delivery failures
+
+
+class Frequency(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Subscriber(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(index=True, unique=True, max_length=320)
+    status: str = Field(default=SubscriberStatus.PENDING.value, index=True)
+    topics: list[str] = _json_list()
+    exclude: list[str] = _json_list()
+    frequency: str = Field(default=Frequency.DAILY.value)
+    weekly_day: int = Field(default=0, ge=0, le=6)  # Monday is 0, used when frequency is weekly
+    send_hour: int = Field(default=7, ge=0, le=23)
+    timezone: str = Field(default="UTC", max_length=64)
+    paused_until: dt.date | None = None
+    bounce_count: int = 0
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    confirmed_at: dt.datetime | None = _utc_column()
+    unsubscribed_at: dt.datetime | None = _utc_column()
+
+
+class DeliveryState(StrEnum):
+    PLANNED = "planned"
+    SENDING = "sending"
+    SENT = "sent"
+    SKIPPED = "skipped"  # nothing worth sending that day: the reason says why
+    FAILED = "failed"
+
+
+class Delivery(SQLModel, table=True):
+    """One digest for one subscriber on one digest date; the unique row is the send claim."""
+
+    __table_args__ = (UniqueConstraint("subscriber_id", "digest_date", name="uq_delivery_day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    digest_date: dt.date = Field(index=True)
+    state: str = Field(default=DeliveryState.PLANNED.value, index=True)
+    reason: str | None = None
+    message_id: str | None = Field(default=None, max_length=255)
+    attempts: int = 0
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    sent_at: dt.datetime | None = _utc_column()
+
+
+class DeliveryItem(SQLModel, table=True):
+    """A paper a delivery contained, with the score and reason it was picked for."""
+
+    delivery_id: int = Field(foreign_key="delivery.id", primary_key=True)
+    paper_id: str = Field(foreign_key="paper.id", primary_key=True, index=True)
+    rank: int
+    score: float
+    why: str
+
+
+class Feedback(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id", name="uq_feedback"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    paper_id: str = Field(foreign_key="paper.id")
+    value: int  # +1 liked, -1 disliked
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Run(SQLModel, table=True):
+    """A record of one ingest or send run, so an operator can ask what happened and why."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # "ingest" or "send"
+    started_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    finished_at: dt.datetime | None = _utc_column()
+    status: str = "running"  # running, ok, partial, failed
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,1148 @@
+"""Where I/O meets the pure parts: store papers, manage subscribers, build and send digests.
+
+Every function takes its session, settings and `now` as parameters; only the edges (CLI, web,
+Celery tasks) read the clock or build the engine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from digest.config import Settings
+from digest.mailer import DeliveryError, Mailer
+from digest.models import (
+    Delivery,
+    DeliveryItem,
+    DeliveryState,
+    Feedback,
+    Frequency,
+    Paper,
+    Run,
+    Subscriber,
+    SubscriberStatus,
+)
+from digest.papers import BadLine, PaperIn, read_papers
+from digest.ranking import Pick, Profile, RankingConfig, RankPaper, rank_papers
+from digest.render import (
+    DigestContext,
+    DigestEntry,
+    Envelope,
+    format_authors,
+    render_confirmation,
+    render_digest,
+    render_digest_html,
+    short_summary,
+)
+from digest.schedule import SendWindow, due_date, local_date, not_due_reason, zone
+from digest.tokens import Purpose, make_token
+
+Progress = Callable[[int], None]
+MAX_TOPICS = 20
+MAX_TOPIC_LENGTH = 100
+SUPPRESS_AFTER_PERMANENT_FAILURES = 3
+
+
+class UserError(ValueError):
+    """Bad input from a person: the message is shown to them as is."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Papers
+
+
+@dataclass
+class UpsertResult:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def _merge(paper: Paper, incoming: PaperIn, now: dt.datetime) -> bool:
+    """Fold the richer fields of `incoming` into the stored paper; True if anything changed."""
+    changed = False
+
+    def put(name: str, value: object) -> None:
+        nonlocal changed
+        if getattr(paper, name) != value:
+            setattr(paper, name, value)
+            changed = True
+
+    if len(incoming.abstract) > len(paper.abstract):
+        put("abstract", incoming.abstract)
+    for name in ("url", "comment", "ai_summary", "github_repo", "published"):
+        value = getattr(incoming, name)
+        if value is not None and getattr(paper, name) is None:
+            put(name, value)
+    # Counts change over days: the latest observation wins.
+    for name in ("upvotes", "comments", "github_stars"):
+        value = getattr(incoming, name)
+        if value is not None:
+            put(name, value)
+    if incoming.authors and not paper.authors:
+        put("authors", list(incoming.authors))
+    for name in ("categories", "ai_keywords"):
+        merged = list(dict.fromkeys([*getattr(paper, name), *getattr(incoming, name)]))
+        put(name, merged)
+    if incoming.source and incoming.source not in paper.sources:
+        put("sources", [*paper.sources, incoming.source])
+    if incoming.first_seen is not None and incoming.first_seen < paper.first_seen:
+        put("first_seen", incoming.first_seen)
+    if changed:
+        paper.updated_at = now
+    return changed
+
+
+def upsert_papers(*, session: Session, papers: Iterable[PaperIn], now: dt.datetime) -> UpsertResult:
+    """Insert new papers and merge known ones (same id); commits once at the end."""
+    result = UpsertResult()
+    batch: dict[str, PaperIn] = {}
+    for paper in papers:
+        if paper.id in batch:
+            # The same paper twice in one input: merge into one.
+            merged = batch[paper.id].model_copy(
+                update={k: v for k, v in paper.model_dump().items() if v not in (None, [], "")}
+            )
+            batch[paper.id] = merged
+        else:
+            batch[paper.id] = paper
+    ids = list(batch)
+    existing: dict[str, Paper] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for stored in session.exec(select(Paper).where(col(Paper.id).in_(chunk))):
+            existing[stored.id] = stored
+    for paper_id, incoming in batch.items():
+        stored = existing.get(paper_id)
+        if stored is None:
+            session.add(
+                Paper(
+                    id=incoming.id,
+                    title=incoming.title,
+                    abstract=incoming.abstract,
+                    authors=list(incoming.authors),
+                    published=incoming.published,
+                    first_seen=incoming.first_seen or now,
+                    updated_at=now,
+                    url=incoming.url,
+                    categories=list(incoming.categories),
+                    upvotes=incoming.upvotes,
+                    comments=incoming.comments,
+                    github_repo=incoming.github_repo,
+                    github_stars=incoming.github_stars,
+                    ai_summary=incoming.ai_summary,
+                    ai_keywords=list(incoming.ai_keywords),
+                    comment=incoming.comment,
+                    sources=[incoming.source] if incoming.source else [],
+                )
+            )
+            result.new += 1
+        elif _merge(stored, incoming, now):
+            result.updated += 1
+        else:
+            result.unchanged += 1
+    session.commit()
+    return result
+
+
+@dataclass
+class ImportReport:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    bad_lines: list[BadLine] = field(default_factory=list)
+
+    @property
+    def read(self) -> int:
+        return self.new + self.updated + self.unchanged
+
+
+def import_papers(
+    *,
+    session: Session,
+    lines: Iterable[str],
+    now: dt.datetime,
+    batch_size: int = 2000,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import a JSON Lines paper file; bad lines are reported and skipped, good ones kept."""
+    report = ImportReport()
+    pending: list[PaperIn] = []
+
+    def flush() -> None:
+        result = upsert_papers(session=session, papers=pending, now=now)
+        report.new += result.new
+        report.updated += result.updated
+        report.unchanged += result.unchanged
+        if progress:
+            progress(len(pending))
+        pending.clear()
+
+    for item in read_papers(lines):
+        if isinstance(item, BadLine):
+            report.bad_lines.append(item)
+            continue
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return report
+
+
+def load_seeds(*, session: Session, settings: Settings, now: dt.datetime) -> ImportReport:
+    path = settings.seeds_dir / "papers.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        return import_papers(session=session, lines=handle, now=now)
+
+
+def candidate_papers(*, session: Session, as_of: dt.datetime, days: int) -> list[Paper]:
+    """Papers first listed or published within `days` before `as_of`."""
+    since = as_of - dt.timedelta(days=days)
+    statement = select(Paper).where(
+        ((col(Paper.first_seen) >= since) & (col(Paper.first_seen) <= as_of))
+        | ((col(Paper.published) >= since) & (col(Paper.published) <= as_of))
+    )
+    return list(session.exec(statement))
+
+
+def to_rank_paper(paper: Paper) -> RankPaper:
+    return RankPaper(
+        id=paper.id,
+        title=paper.title,
+        abstract=paper.abstract,
+        published=paper.published,
+        first_seen=paper.first_seen,
+        upvotes=paper.upvotes,
+        comments=paper.comments,
+        categories=tuple(paper.categories),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Subscribers
+
+
+def normalize_email(raw: str) -> str:
+    """The validated, normalised address, or a UserError saying what is wrong with it."""
+    if any(ch in raw for ch in "\r\n\0"):
+        raise UserError("An email address cannot contain line breaks.")
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise UserError(f"That email address is not valid: {exc}") from exc
+    return result.normalized.lower()
+
+
+def clean_terms(raw: Iterable[str], what: str = "topic") -> list[str]:
+    """Deduplicated, trimmed topics or excluded terms, within the length limits."""
+    terms: list[str] = []
+    for term in raw:
+        if any(ch in term for ch in "\r\n\0"):
+            raise UserError(f"A {what} cannot contain line breaks.")
+        term = " ".join(term.split())
+        if not term:
+            continue
+        if len(term) > MAX_TOPIC_LENGTH:
+            raise UserError(f"A {what} can be at most {MAX_TOPIC_LENGTH} characters long.")
+        if term.casefold() not in {t.casefold() for t in terms}:
+            terms.append(term)
+    if len(terms) > MAX_TOPICS:
+        raise UserError(f"At most {MAX_TOPICS} {what}s, please.")
+    return terms
+
+
+def split_terms(text: str) -> list[str]:
+    """Topics typed as one string: separated by commas, semicolons or new lines."""
+    for sep in (";", "\n", "\r"):
+        text = text.replace(sep, ",")
+    return [part for part in text.split(",")]
+
+
+def get_subscriber(*, session: Session, email: str) -> Subscriber | None:
+    return session.exec(
+        select(Subscriber).where(Subscriber.email == normalize_email(email))
+    ).first()
+
+
+def add_subscriber(
+    *,
+    session: Session,
+    email: str,
+    topics: Sequence[str],
+    now: dt.datetime,
+    exclude: Sequence[str] = (),
+    status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    send_hour: int = 7,
+    timezone: str = "UTC",
+    frequency: Frequency = Frequency.DAILY,
+    weekly_day: int = 0,
+) -> Subscriber:
+    """Add (or re-activate and update) a subscriber; the admin path, no confirmation email."""
+    address = normalize_email(email)
+    zone(timezone)
+    if not 0 <= send_hour <= 23:
+        raise UserError("The send hour must be between 0 and 23.")
+    subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    if subscriber is None:
+        subscriber = Subscriber(email=address, created_at=now)
+    subscriber.topics = clean_terms(topics)
+    subscriber.exclude = clean_terms(exclude, "excluded term")
+    subscriber.status = status.value
+    subscriber.send_hour = send_hour
+    subscriber.timezone = timezone
+    subscriber.frequency = frequency.value
+    subscriber.weekly_day = weekly_day
+    if status == SubscriberStatus.ACTIVE:
+        subscriber.confirmed_at = subscriber.confirmed_at or now
+        subscriber.unsubscribed_at = None
+    session.add(subscriber)
+    session.commit()
+    session.refresh(subscriber)
+    return subscriber
+
+
+def remove_subscriber(*, session: Session, email: str) -> bool:
+    """Delete a subscriber and their history; True if they existed."""
+    subscriber = get_subscriber(session=session, email=email)
+    if subscriber is None:
+        return False
+    # Children first, as explicit statements: the tables have no ORM relationships to order them.
+    delivery_ids = select(Delivery.id).where(Delivery.subscriber_id == subscriber.id)
+    session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(delivery_ids)))
+    session.execute(delete(Delivery).where(col(Delivery.subscriber_id) == subscriber.id))
+    session.execute(delete(Feedback).where(col(Feedback.subscriber_id) == subscriber.id))
+    session.delete(subscriber)
+    session.commit()
+    return True
+
+
+def list_subscribers(*, session: Session) -> list[Subscriber]:
+    return list(session.exec(select(Subscriber).order_by(col(Subscriber.email))))
+
+
+def unsubscribe(*, session: Session, subscriber_id: int, now: dt.datetime) -> Subscriber | None:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return None
+    if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+        subscriber.status = SubscriberStatus.UNSUBSCRIBED.value
+        subscriber.unsubscribed_at = now
+        session.add(subscriber)
+        session.commit()
+    return subscriber
+
+
+def request_subscription(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    email: str,
+    topics: Sequence[str],
+    now: dt.datetime,
+    exclude: Sequence[str] = (),
+) -> None:
+    """Double opt-in, step one: store a pending subscriber and mail a signed confirmation link.
+
+    The same happens whether or not the address is known, so the response reveals nothing.
+    """
+    address = normalize_email(email)
+    topics = clean_terms(topics)
+    exclude = clean_terms(exclude, "excluded term")
+    if not topics:
+        raise UserError("Please give at least one topic.")
+    subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=address,
+            created_at=now,
+            topics=topics,
+            exclude=exclude,
+            send_hour=settings.default_send_hour,
+            timezone=settings.default_timezone,
+        )
+        session.add(subscriber)
+        session.commit()
+        session.refresh(subscriber)
+    # Topics of an existing subscriber change only once the new request is confirmed.
+    token = make_token(
+        settings.secret_key,
+        Purpose.CONFIRM,
+        {"s": subscriber.id, "topics": topics, "exclude": exclude},
+    )
+    message = render_confirmation(
+        settings.templates_dir,
+        envelope=_envelope(settings, address, now),
+        confirm_url=f"{settings.base_url}/confirm/{token}",
+        from_name=settings.from_name,
+        base_url=settings.base_url,
+        valid_days=max(1, settings.confirm_max_age // 86400),
+    )
+    with mailer.connect() as connection:
+        connection.send(message)
+
+
+def confirm_subscription(
+    *, session: Session, payload: dict[str, object], now: dt.datetime
+) -> Subscriber | None:
+    subscriber_id = payload.get("s")
+    subscriber = session.get(Subscriber, subscriber_id) if isinstance(subscriber_id, int) else None
+    if subscriber is None:
+        return None
+    topics = payload.get("topics")
+    exclude = payload.get("exclude")
+    if isinstance(topics, list) and topics:
+        subscriber.topics = clean_terms(str(t) for t in topics)
+    if isinstance(exclude, list):
+        subscriber.exclude = clean_terms((str(t) for t in exclude), "excluded term")
+    subscriber.status = SubscriberStatus.ACTIVE.value
+    subscriber.confirmed_at = now
+    subscriber.unsubscribed_at = None
+    session.add(subscriber)
+    session.commit()
+    return subscriber
+
+
+# ---------------------------------------------------------------------------------------------
+# Digests
+
+
+def ranking_config(settings: Settings) -> RankingConfig:
+    return RankingConfig(
+        top_k=settings.digest_size,
+        half_life_days=settings.half_life_days,
+        min_relevance=settings.min_relevance,
+        weight_topic=settings.weight_topic,
+        weight_recency=settings.weight_recency,
+        weight_trending=settings.weight_trending,
+    )
+
+
+def sent_paper_ids(*, session: Session, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The papers each subscriber already received (or is being sent right now)."""
+    seen: dict[int, set[str]] = {sid: set() for sid in subscriber_ids}
+    if not subscriber_ids:
+        return seen
+    statement = (
+        select(Delivery.subscriber_id, DeliveryItem.paper_id)
+        .join(DeliveryItem, col(DeliveryItem.delivery_id) == col(Delivery.id))
+        .where(col(Delivery.subscriber_id).in_(list(subscriber_ids)))
+        .where(col(Delivery.state).in_([DeliveryState.SENT.value, DeliveryState.SENDING.value]))
+    )
+    for subscriber_id, paper_id in session.exec(statement):
+        seen[subscriber_id].add(paper_id)
+    return seen
+
+
+def profiles_for(*, session: Session, subscribers: Sequence[Subscriber]) -> list[Profile]:
+    ids = [s.id for s in subscribers if s.id is not None]
+    seen = sent_paper_ids(session=session, subscriber_ids=ids)
+    liked: dict[int, list[RankPaper]] = {i: [] for i in ids}
+    disliked: dict[int, list[RankPaper]] = {i: [] for i in ids}
+    if ids:
+        statement = (
+            select(Feedback, Paper)
+            .join(Paper, col(Paper.id) == col(Feedback.paper_id))
+            .where(col(Feedback.subscriber_id).in_(ids))
+        )
+        for feedback, paper in session.exec(statement):
+            target = liked if feedback.value > 0 else disliked
+            target[feedback.subscriber_id].append(to_rank_paper(paper))
+    profiles = []
+    for s in subscribers:
+        assert s.id is not None
+        profiles.append(
+            Profile(
+                id=str(s.id),
+                topics=tuple(s.topics),
+                exclude=tuple(s.exclude),
+                liked=tuple(liked[s.id]),
+                disliked=tuple(disliked[s.id]),
+                seen=frozenset(seen[s.id]),
+            )
+        )
+    return profiles
+
+
+def digest_as_of(digest_date: dt.date, now: dt.datetime) -> dt.datetime:
+    """The moment a digest is ranked at: now, or the end of a past digest date."""
+    end = dt.datetime.combine(digest_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return min(now, end)
+
+
+@dataclass
+class Ranked:
+    picks: dict[int, list[Pick]]
+    papers: dict[str, Paper]
+    candidates: int
+
+
+def rank_for(
+    *, session: Session, settings: Settings, subscribers: Sequence[Subscriber], as_of: dt.datetime
+) -> Ranked:
+    """Rank the candidate papers for every subscriber in one batch."""
+    papers = candidate_papers(session=session, as_of=as_of, days=settings.candidate_days)
+    profiles = profiles_for(session=session, subscribers=subscribers)
+    picks = rank_papers(
+        [to_rank_paper(p) for p in papers], profiles, now=as_of, config=ranking_config(settings)
+    )
+    return Ranked(
+        picks={s.id: p for s, p in zip(subscribers, picks, strict=True) if s.id is not None},
+        papers={p.id: p for p in papers},
+        candidates=len(papers),
+    )
+
+
+def empty_reason(candidates: int, settings: Settings) -> str:
+    if candidates == 0:
+        return f"no candidate papers from the last {settings.candidate_days} days"
+    return "no new paper above the relevance threshold"
+
+
+def _link(settings: Settings, path: str, purpose: Purpose, payload: dict[str, object]) -> str:
+    return f"{settings.base_url}/{path}/{make_token(settings.secret_key, purpose, payload)}"
+
+
+def digest_context(
+    *,
+    settings: Settings,
+    subscriber: Subscriber,
+    digest_date: dt.date,
+    picks: Sequence[Pick],
+    papers: dict[str, Paper],
+) -> DigestContext:
+    sid = subscriber.id
+    entries = []
+    for pick in picks:
+        paper = papers[pick.paper_id]
+        entries.append(
+            DigestEntry(
+                paper_id=paper.id,
+                title=paper.title,
+                authors=format_authors(paper.authors),
+                summary=short_summary(paper.ai_summary or paper.abstract),
+                url=paper.url or f"{settings.base_url}/papers/{paper.id}",
+                why=pick.why,
+                like_url=_link(
+                    settings, "feedback", Purpose.FEEDBACK, {"s": sid, "p": paper.id, "v": 1}
+                ),
+                dislike_url=_link(
+                    settings, "feedback", Purpose.FEEDBACK, {"s": sid, "p": paper.id, "v": -1}
+                ),
+            )
+        )
+    return DigestContext(
+        recipient=subscriber.email,
+        digest_date=digest_date,
+        entries=entries,
+        web_url=_link(settings, "digest", Purpose.VIEW, {"s": sid, "d": digest_date.isoformat()}),
+        preferences_url=_link(settings, "preferences", Purpose.PREFERENCES, {"s": sid}),
+        unsubscribe_url=_link(settings, "unsubscribe", Purpose.UNSUBSCRIBE, {"s": sid}),
+        unsubscribe_mailto=(
+            f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20"
+            + make_token(settings.secret_key, Purpose.UNSUBSCRIBE, {"s": sid})
+        ),
+        base_url=settings.base_url,
+        from_name=settings.from_name,
+    )
+
+
+def _envelope(settings: Settings, recipient: str, now: dt.datetime) -> Envelope:
+    return Envelope(
+        sender_name=settings.from_name,
+        sender_address=settings.from_address,
+        recipient=recipient,
+        message_id=new_message_id(settings.from_address.rsplit("@", 1)[-1]),
+        now=now,
+    )
+
+
+def digest_message(
+    *, settings: Settings, context: DigestContext, message_id: str, now: dt.datetime
+) -> EmailMessage:
+    # The Message-ID is fixed when the delivery is claimed, so a retry of the same digest
+    # carries the same id and receivers can recognise it.
+    envelope = Envelope(
+        sender_name=settings.from_name,
+        sender_address=settings.from_address,
+        recipient=context.recipient,
+        message_id=message_id,
+        now=now,
+    )
+    return render_digest(settings.templates_dir, context, envelope)
+
+
+@dataclass
+class SendSummary:
+    digest_date: dt.date | None = None
+    dry_run: bool = False
+    sent: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def merge(self, other: SendSummary) -> None:
+        self.sent.extend(other.sent)
+        self.skipped.extend(other.skipped)
+        self.failed.extend(other.failed)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "digest_date": self.digest_date.isoformat() if self.digest_date else None,
+            "dry_run": self.dry_run,
+            "sent": len(self.sent),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "skipped_by_reason": _count_reasons(self.skipped),
+            "failed_by_reason": _count_reasons(self.failed),
+        }
+
+
+def _count_reasons(items: list[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, reason in items:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def status_reason(subscriber: Subscriber) -> str | None:
+    if subscriber.status == SubscriberStatus.PENDING:
+        return "not confirmed yet"
+    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+        return "unsubscribed"
+    if subscriber.status == SubscriberStatus.SUPPRESSED:
+        return "suppressed after repeated permanent delivery failures"
+    return None
+
+
+def window_of(subscriber: Subscriber) -> SendWindow:
+    return SendWindow(
+        frequency=subscriber.frequency,
+        weekly_day=subscriber.weekly_day,
+        send_hour=subscriber.send_hour,
+        timezone=subscriber.timezone,
+        paused_until=subscriber.paused_until,
+    )
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{uuid.uuid4().hex}.digest@{domain}>"
+
+
+def _claim(
+    *,
+    session: Session,
+    subscriber_id: int,
+    digest_date: dt.date,
+    now: dt.datetime,
+    settings_domain: str,
+) -> tuple[Delivery | None, str | None]:
+    """Claim the (subscriber, date) delivery for sending: (delivery, None) or (None, why not)."""
+    existing = session.exec(
+        select(Delivery).where(
+            Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date
+        )
+    ).first()
+    if existing is None:
+        delivery = Delivery(
+            subscriber_id=subscriber_id,
+            digest_date=digest_date,
+            state=DeliveryState.SENDING.value,
+            attempts=1,
+            message_id=new_message_id(settings_domain),
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(delivery)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return None, "already being sent by another worker"
+        return delivery, None
+    if existing.state in (DeliveryState.SENT, DeliveryState.SKIPPED):
+        return None, f"already {existing.state} for {digest_date.isoformat()}"
+    if existing.state == DeliveryState.SENDING:
+        return None, "already being sent by another worker"
+    # planned or failed: take it over only if nobody else did in the meantime.
+    claimed = session.execute(
+        update(Delivery)
+        .where(col(Delivery.id) == existing.id, col(Delivery.state) == existing.state)
+        .values(state=DeliveryState.SENDING.value, attempts=existing.attempts + 1, updated_at=now)
+    )
+    session.commit()
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None, "already being sent by another worker"
+    session.refresh(existing)
+    return existing, None
+
+
+def _finish(
+    *,
+    session: Session,
+    delivery: Delivery,
+    state: DeliveryState,
+    now: dt.datetime,
+    reason: str | None = None,
+    message_id: str | None = None,
+    picks: Sequence[Pick] = (),
+) -> None:
+    delivery.state = state.value
+    delivery.reason = reason
+    delivery.updated_at = now
+    if state == DeliveryState.SENT:
+        delivery.sent_at = now
+        delivery.message_id = message_id
+        for rank, pick in enumerate(picks, start=1):
+            session.add(
+                DeliveryItem(
+                    delivery_id=delivery.id,
+                    paper_id=pick.paper_id,
+                    rank=rank,
+                    score=pick.score,
+                    why=pick.why,
+                )
+            )
+    session.add(delivery)
+    session.commit()
+
+
+def send_digests(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    subscriber_ids: Sequence[int],
+    digest_date: dt.date,
+    now: dt.datetime,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> SendSummary:
+    """Claim, rank (one batch), render, send and record the digests of these subscribers.
+
+    Idempotent: a subscriber whose digest for `digest_date` was sent, or is being sent, gets
+    nothing; a retried or duplicated call sends nothing twice.
+    """
+    summary = SendSummary(digest_date=digest_date, dry_run=dry_run)
+    subscribers = list(
+        session.exec(select(Subscriber).where(col(Subscriber.id).in_(list(subscriber_ids))))
+    )
+    claimed: list[tuple[Subscriber, Delivery | None]] = []
+    for subscriber in subscribers:
+        reason = status_reason(subscriber) or not_due_reason(window_of(subscriber), digest_date)
+        if reason:
+            summary.skipped.append((subscriber.email, reason))
+            continue
+        if dry_run:
+            existing = session.exec(
+                select(Delivery).where(
+                    Delivery.subscriber_id == subscriber.id, Delivery.digest_date == digest_date
+                )
+            ).first()
+            if existing is not None and existing.state != DeliveryState.FAILED:
+                summary.skipped.append(
+                    (subscriber.email, f"already {existing.state} for {digest_date.isoformat()}")
+                )
+                continue
+            claimed.append((subscriber, None))
+            continue
+        assert subscriber.id is not None
+        delivery, reason = _claim(
+            session=session,
+            subscriber_id=subscriber.id,
+            digest_date=digest_date,
+            now=now,
+            settings_domain=settings.from_address.rsplit("@", 1)[-1],
+        )
+        if delivery is None:
+            summary.skipped.append((subscriber.email, reason or "not claimed"))
+        else:
+            claimed.append((subscriber, delivery))
+    if progress and len(subscribers) > len(claimed):
+        progress(len(subscribers) - len(claimed))
+    if not claimed:
+        return summary
+
+    ranked = rank_for(
+        session=session,
+        settings=settings,
+        subscribers=[s for s, _ in claimed],
+        as_of=digest_as_of(digest_date, now),
+    )
+    outgoing: list[tuple[Subscriber, Delivery | None, list[Pick], EmailMessage | None]] = []
+    for subscriber, delivery in claimed:
+        assert subscriber.id is not None
+        picks = ranked.picks[subscriber.id]
+        if not picks:
+            reason = empty_reason(ranked.candidates, settings)
+            summary.skipped.append((subscriber.email, reason))
+            if delivery is not None:
+                _finish(
+                    session=session,
+                    delivery=delivery,
+                    state=DeliveryState.SKIPPED,
+                    now=now,
+                    reason=reason,
+                )
+            if progress:
+                progress(1)
+            continue
+        if delivery is None:  # dry run
+            summary.sent.append((subscriber.email, len(picks)))
+            if progress:
+                progress(1)
+            continue
+        context = digest_context(
+            settings=settings,
+            subscriber=subscriber,
+            digest_date=digest_date,
+            picks=picks,
+            papers=ranked.papers,
+        )
+        if delivery.message_id is None:
+            delivery.message_id = new_message_id(settings.from_address.rsplit("@", 1)[-1])
+        message = digest_message(
+            settings=settings, context=context, message_id=delivery.message_id, now=now
+        )
+        outgoing.append((subscriber, delivery, picks, message))
+    if outgoing:
+        _deliver(
+            session=session,
+            mailer=mailer,
+            outgoing=outgoing,
+            summary=summary,
+            now=now,
+            progress=progress,
+        )
+    return summary
+
+
+def _deliver(
+    *,
+    session: Session,
+    mailer: Mailer,
+    outgoing: list[tuple[Subscriber, Delivery | None, list[Pick], EmailMessage | None]],
+    summary: SendSummary,
+    now: dt.datetime,
+    progress: Progress | None,
+) -> None:
+    try:
+        with mailer.connect() as connection:
+            for subscriber, delivery, picks, message in outgoing:
+                assert delivery is not None and message is not None
+                try:
+                    connection.send(message)
+                except DeliveryError as exc:
+                    _record_failure(
+                        session=session,
+                        subscriber=subscriber,
+                        delivery=delivery,
+                        error=exc,
+                        now=now,
+                    )
+                    summary.failed.append((subscriber.email, str(exc)))
+                else:
+                    _finish(
+                        session=session,
+                        delivery=delivery,
+                        state=DeliveryState.SENT,
+                        now=now,
+                        message_id=str(message["Message-ID"]),
+                        picks=picks,
+                    )
+                    summary.sent.append((subscriber.email, len(picks)))
+                if progress:
+                    progress(1)
+    except DeliveryError as exc:
+        # The mail server could not be reached at all: what was not sent is marked failed,
+        # so the next run (or a retry) picks it up again.
+        for subscriber, delivery, _, _ in outgoing:
+            assert delivery is not None
+            if delivery.state == DeliveryState.SENDING:
+                _finish(
+                    session=session,
+                    delivery=delivery,
+                    state=DeliveryState.FAILED,
+                    now=now,
+                    reason=str(exc),
+                )
+                summary.failed.append((subscriber.email, str(exc)))
+                if progress:
+                    progress(1)
+
+
+def _record_failure(
+    *,
+    session: Session,
+    subscriber: Subscriber,
+    delivery: Delivery,
+    error: DeliveryError,
+    now: dt.datetime,
+) -> None:
+    if error.permanent:
+        subscriber.bounce_count += 1
+        if subscriber.bounce_count >= SUPPRESS_AFTER_PERMANENT_FAILURES:
+            subscriber.status = SubscriberStatus.SUPPRESSED.value
+        session.add(subscriber)
+    _finish(
+        session=session, delivery=delivery, state=DeliveryState.FAILED, now=now, reason=str(error)
+    )
+
+
+def due_subscribers(
+    *,
+    session: Session,
+    now: dt.datetime,
+    digest_date: dt.date | None = None,
+    email: str | None = None,
+) -> tuple[dict[dt.date, list[int]], SendSummary]:
+    """Active subscribers grouped by the digest date due for them, and why the others are not.
+
+    With `digest_date`, everyone active is due for that date (send hour ignored); with `email`,
+    only that subscriber is considered.
+    """
+    statement = select(Subscriber).order_by(col(Subscriber.id))
+    if email is not None:
+        statement = statement.where(Subscriber.email == normalize_email(email))
+    due: dict[dt.date, list[int]] = {}
+    summary = SendSummary(digest_date=digest_date)
+    found = False
+    for subscriber in session.exec(statement):
+        found = True
+        assert subscriber.id is not None
+        reason = status_reason(subscriber)
+        if reason is None:
+            if digest_date is not None:
+                day: dt.date | None = digest_date
+                reason = not_due_reason(window_of(subscriber), digest_date)
+            elif email is not None:
+                day = local_date(subscriber.timezone, now)
+                reason = not_due_reason(window_of(subscriber), day)
+            else:
+                day, reason = due_date(window_of(subscriber), now)
+            if reason is None and day is not None:
+                due.setdefault(day, []).append(subscriber.id)
+                continue
+        summary.skipped.append((subscriber.email, reason or "not due"))
+    if email is not None and not found:
+        raise UserError(f"No subscriber with address {email}.")
+    return due, summary
+
+
+def send_due_digests(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    now: dt.datetime,
+    digest_date: dt.date | None = None,
+    email: str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> SendSummary:
+    """Send every due digest (or one address's) in batches, and record the run."""
+    run = Run(kind="send", started_at=now)
+    if not dry_run:
+        session.add(run)
+        session.commit()
+    due, summary = due_subscribers(session=session, now=now, digest_date=digest_date, email=email)
+    summary.digest_date = digest_date
+    summary.dry_run = dry_run
+    if on_total:
+        on_total(sum(len(ids) for ids in due.values()))
+    for day, ids in sorted(due.items()):
+        for start in range(0, len(ids), settings.send_batch_size):
+            batch = ids[start : start + settings.send_batch_size]
+            summary.merge(
+                send_digests(
+                    session=session,
+                    mailer=mailer,
+                    settings=settings,
+                    subscriber_ids=batch,
+                    digest_date=day,
+                    now=now,
+                    dry_run=dry_run,
+                    progress=progress,
+                )
+            )
+    if not dry_run:
+        run.finished_at = now
+        run.status = "ok" if not summary.failed else "partial"
+        run.summary = summary.as_dict()
+        session.add(run)
+        session.commit()
+    return summary
+
+
+def preview_digest(
+    *,
+    session: Session,
+    settings: Settings,
+    email: str,
+    now: dt.datetime,
+    digest_date: dt.date | None = None,
+) -> tuple[str, list[Pick], str | None]:
+    """The HTML of the digest this subscriber would get, its picks, and why it would be empty."""
+    subscriber = get_subscriber(session=session, email=email)
+    if subscriber is None:
+        raise UserError(f"No subscriber with address {email}.")
+    day = digest_date or local_date(subscriber.timezone, now)
+    ranked = rank_for(
+        session=session, settings=settings, subscribers=[subscriber], as_of=digest_as_of(day, now)
+    )
+    assert subscriber.id is not None
+    picks = ranked.picks[subscriber.id]
+    context = digest_context(
+        settings=settings, subscriber=subscriber, digest_date=day, picks=picks, papers=ranked.papers
+    )
+    html = render_digest_html(settings.templates_dir, context)
+    return html, picks, None if picks else empty_reason(ranked.candidates, settings)
+
+
+def sent_digest_html(
+    *, session: Session, settings: Settings, subscriber_id: int, digest_date: dt.date
+) -> str | None:
+    """The web copy of a digest that was sent: the same papers and reasons as the email."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    delivery = session.exec(
+        select(Delivery).where(
+            Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date
+        )
+    ).first()
+    if subscriber is None or delivery is None or delivery.state != DeliveryState.SENT:
+        return None
+    items = list(
+        session.exec(
+            select(DeliveryItem)
+            .where(DeliveryItem.delivery_id == delivery.id)
+            .order_by(col(DeliveryItem.rank))
+        )
+    )
+    papers = {
+        p.id: p
+        for p in session.exec(select(Paper).where(col(Paper.id).in_([i.paper_id for i in items])))
+    }
+    picks = [
+        Pick(paper_id=i.paper_id, score=i.score, why=i.why, relevance=0.0, matched="")
+        for i in items
+    ]
+    context = digest_context(
+        settings=settings,
+        subscriber=subscriber,
+        digest_date=digest_date,
+        picks=picks,
+        papers=papers,
+    )
+    return render_digest_html(settings.templates_dir, context)
+
+
+def record_feedback(
+    *, session: Session, subscriber_id: int, paper_id: str, value: int, now: dt.datetime
+) -> bool:
+    """Store 👍 (+1) or 👎 (-1) for a paper; the latest vote wins. False if unknown ids."""
+    if session.get(Subscriber, subscriber_id) is None or session.get(Paper, paper_id) is None:
+        return False
+    vote = 1 if value > 0 else -1
+    feedback = session.exec(
+        select(Feedback).where(
+            Feedback.subscriber_id == subscriber_id, Feedback.paper_id == paper_id
+        )
+    ).first()
+    if feedback is None:
+        feedback = Feedback(
+            subscriber_id=subscriber_id, paper_id=paper_id, value=vote, created_at=now
+        )
+    feedback.value = vote
+    feedback.created_at = now
+    session.add(feedback)
+    session.commit()
+    return True
+
+
+def last_runs(*, session: Session, limit: int = 10) -> list[Run]:
+    return list(
+        session.exec(
+            select(Run).order_by(col(Run.started_at).desc(), col(Run.id).desc()).limit(limit)
+        )
+    )
+
+
+def export_papers(*, session: Session) -> Iterable[PaperIn]:
+    for paper in session.exec(select(Paper).order_by(col(Paper.first_seen), col(Paper.id))):
+        yield PaperIn(
+            id=paper.id,
+            title=paper.title,
+            abstract=paper.abstract,
+            authors=paper.authors,
+            published=paper.published,
+            url=paper.url,
+            categories=paper.categories,
+            upvotes=paper.upvotes,
+            comments=paper.comments,
+            source=",".join(paper.sources) or None,
+            first_seen=paper.first_seen,
+            github_repo=paper.github_repo,
+            github_stars=paper.github_stars,
+            ai_summary=paper.ai_summary,
+            ai_keywords=paper.ai_keywords,
+            comment=paper.comment,
+        )
+
+
+def outbox_path(settings: Settings) -> Path:
+    return settings.outbox_dir.resolve()
+
+
+def update_preferences(
+    *,
+    session: Session,
+    subscriber_id: int,
+    topics: Sequence[str],
+    exclude: Sequence[str],
+    frequency: str,
+    weekly_day: int,
+    send_hour: int,
+    timezone: str,
+    pause_days: int,
+    today: dt.date,
+) -> Subscriber:
+    """Validate everything first, then change the subscriber; bad input changes nothing."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise UserError("This subscription no longer exists.")
+    clean_topics = clean_terms(topics)
+    if not clean_topics:
+        raise UserError("Please keep at least one topic.")
+    clean_exclude = clean_terms(exclude, "excluded term")
+    if frequency not in (Frequency.DAILY, Frequency.WEEKLY):
+        raise UserError("Frequency must be daily or weekly.")
+    if not 0 <= weekly_day <= 6 or not 0 <= send_hour <= 23:
+        raise UserError("Choose a day of the week and an hour from the lists.")
+    if any(ch in timezone for ch in "\r\n\0"):
+        raise UserError("A time zone cannot contain line breaks.")
+    try:
+        zone(timezone)
+    except ValueError as exc:
+        raise UserError(f"Unknown time zone {timezone!r}; use a name like Europe/Paris.") from exc
+    if not 0 <= pause_days <= 365:
+        raise UserError("Pause for 0 to 365 days.")
+    subscriber.topics = clean_topics
+    subscriber.exclude = clean_exclude
+    subscriber.frequency = frequency
+    subscriber.weekly_day = weekly_day
+    subscriber.send_hour = send_hour
+    subscriber.timezone = timezone
+    subscriber.paused_until = today + dt.timedelta(days=pause_days) if pause_days else None
+    session.add(subscriber)
+    session.commit()
+    return subscriber

@@ -1,0 +1,296 @@
+"""The web app: subscribe with double opt-in, confirm, unsubscribe (RFC 8058), preferences,
+feedback links and the web copy of a digest. Server-rendered, usable without JavaScript."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, abort, g, render_template, request, url_for
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from digest import services
+from digest.config import Settings
+from digest.db import create_schema, make_engine
+from digest.mailer import DeliveryError, Mailer, make_mailer
+from digest.models import Paper, Subscriber, SubscriberStatus
+from digest.schedule import local_date
+from digest.tokens import InvalidToken, Purpose, read_token
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    mailer: Mailer | None = None,
+    clock: Callable[[], dt.datetime] = _utcnow,
+) -> Flask:
+    app = Flask(__name__, template_folder=str(settings.templates_dir))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    csrf = CSRFProtect(app)
+    if engine is None:
+        engine = make_engine(settings.database_url)
+        create_schema(engine)
+    if mailer is None:
+        mailer = make_mailer(
+            settings.mailer,
+            outbox_dir=settings.outbox_dir,
+            smtp_url=settings.smtp_url,
+            smtp_timeout=settings.smtp_timeout,
+        )
+    db_engine = engine
+    outgoing = mailer
+
+    def session() -> Session:
+        if "session" not in g:
+            g.session = Session(db_engine, expire_on_commit=False)
+        return g.session  # type: ignore[no-any-return]
+
+    @app.teardown_appcontext
+    def _close(_exc: BaseException | None) -> None:
+        s = g.pop("session", None)
+        if s is not None:
+            s.close()
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {"from_name": settings.from_name}
+
+    def page(
+        title: str,
+        message: str,
+        *,
+        status: int = 200,
+        kind: str = "ok",
+        next_url: str | None = None,
+        next_label: str | None = None,
+    ) -> tuple[str, int]:
+        return render_template(
+            "web/message.html",
+            title=title,
+            message=message,
+            kind=kind,
+            next_url=next_url,
+            next_label=next_label,
+        ), status
+
+    def bad_link(exc: InvalidToken) -> tuple[str, int]:
+        return page("Link not valid", str(exc), status=400, kind="error")
+
+    def subscriber_from(
+        purpose: Purpose, token: str, max_age: int | None = None
+    ) -> tuple[Subscriber, dict[str, Any]]:
+        payload = read_token(settings.secret_key, purpose, token, max_age=max_age)
+        sid = payload.get("s")
+        subscriber = session().get(Subscriber, sid) if isinstance(sid, int) else None
+        if subscriber is None:
+            raise InvalidToken("This subscription no longer exists.")
+        return subscriber, payload
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError) -> tuple[str, int]:
+        return page(
+            "Form expired",
+            "The form was stale or not sent from this site: reload the page and try again.",
+            status=400,
+            kind="error",
+        )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/")
+    def index() -> str:
+        return render_template("web/subscribe.html", form={}, error=None)
+
+    @app.post("/subscribe")
+    def subscribe() -> tuple[str, int] | str:
+        form = request.form
+        try:
+            services.request_subscription(
+                session=session(),
+                mailer=outgoing,
+                settings=settings,
+                email=form.get("email", ""),
+                topics=services.split_terms(form.get("topics", "")),
+                exclude=services.split_terms(form.get("exclude", "")),
+                now=clock(),
+            )
+        except services.UserError as exc:
+            return render_template("web/subscribe.html", form=form, error=str(exc)), 400
+        except DeliveryError:
+            return page(
+                "Try again later",
+                "We could not send the confirmation email just now. "
+                "Please try again in a few minutes.",
+                status=503,
+                kind="error",
+            )
+        return page(
+            "Check your inbox",
+            "We sent a confirmation link to that address. Nothing will be sent until it is opened.",
+        )
+
+    @app.route("/confirm/<token>", methods=["GET", "POST"])
+    def confirm(token: str) -> tuple[str, int] | str:
+        try:
+            subscriber, payload = subscriber_from(
+                Purpose.CONFIRM, token, max_age=settings.confirm_max_age
+            )
+        except InvalidToken as exc:
+            return bad_link(exc)
+        if request.method == "GET":
+            return render_template("web/confirm.html", email=subscriber.email)
+        services.confirm_subscription(session=session(), payload=payload, now=clock())
+        return page("Subscribed", f"{subscriber.email} will receive the digest from now on.")
+
+    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
+    @csrf.exempt  # RFC 8058: the one-click POST carries no session and no CSRF token.
+    def unsubscribe(token: str) -> tuple[str, int] | str:
+        try:
+            subscriber, _ = subscriber_from(Purpose.UNSUBSCRIBE, token)
+        except InvalidToken as exc:
+            return bad_link(exc)
+        if request.method == "GET":
+            # A GET never unsubscribes: link scanners and prefetchers follow links.
+            return render_template(
+                "web/unsubscribe.html",
+                email=subscriber.email,
+                preferences_url=services._link(
+                    settings, "preferences", Purpose.PREFERENCES, {"s": subscriber.id}
+                ),
+            )
+        assert subscriber.id is not None
+        services.unsubscribe(session=session(), subscriber_id=subscriber.id, now=clock())
+        return page("Unsubscribed", f"{subscriber.email} will get no more digests.")
+
+    @app.route("/preferences/<token>", methods=["GET", "POST"])
+    def preferences(token: str) -> tuple[str, int] | str:
+        try:
+            subscriber, _ = subscriber_from(Purpose.PREFERENCES, token)
+        except InvalidToken as exc:
+            return bad_link(exc)
+        unsubscribe_url = services._link(
+            settings, "unsubscribe", Purpose.UNSUBSCRIBE, {"s": subscriber.id}
+        )
+        if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+            return page("Unsubscribed", f"{subscriber.email} is unsubscribed.")
+        if request.method == "GET":
+            return render_template(
+                "web/preferences.html",
+                s=subscriber,
+                error=None,
+                saved=False,
+                unsubscribe_url=unsubscribe_url,
+            )
+        form = request.form
+        try:
+            assert subscriber.id is not None
+            subscriber = services.update_preferences(
+                session=session(),
+                subscriber_id=subscriber.id,
+                topics=services.split_terms(form.get("topics", "")),
+                exclude=services.split_terms(form.get("exclude", "")),
+                frequency=form.get("frequency", "daily"),
+                weekly_day=int(form.get("weekly_day", "0")),
+                send_hour=int(form.get("send_hour", "7")),
+                timezone=form.get("timezone", "UTC").strip(),
+                pause_days=int(form.get("pause_days", "0") or 0),
+                today=local_date(subscriber.timezone, clock()),
+            )
+        except ValueError as exc:
+            session().rollback()
+            message = str(exc) if isinstance(exc, services.UserError) else "Please check the form."
+            fresh = session().get(Subscriber, subscriber.id)
+            return render_template(
+                "web/preferences.html",
+                s=fresh,
+                error=message,
+                saved=False,
+                unsubscribe_url=unsubscribe_url,
+            ), 400
+        return render_template(
+            "web/preferences.html",
+            s=subscriber,
+            error=None,
+            saved=True,
+            unsubscribe_url=unsubscribe_url,
+        )
+
+    @app.get("/feedback/<token>")
+    def feedback(token: str) -> tuple[str, int]:
+        try:
+            subscriber, payload = subscriber_from(Purpose.FEEDBACK, token)
+        except InvalidToken as exc:
+            return bad_link(exc)
+        paper_id, value = payload.get("p"), payload.get("v")
+        assert subscriber.id is not None
+        if (
+            not isinstance(paper_id, str)
+            or value not in (1, -1)
+            or not services.record_feedback(
+                session=session(),
+                subscriber_id=subscriber.id,
+                paper_id=paper_id,
+                value=int(value),
+                now=clock(),
+            )
+        ):
+            return page(
+                "Link not valid", "This paper is no longer known.", status=404, kind="error"
+            )
+        text = (
+            "Thanks: you will see more papers like this one."
+            if value == 1
+            else "Thanks: you will see fewer papers like this one."
+        )
+        return page("Thank you", text)
+
+    @app.get("/digest/<token>")
+    def web_copy(token: str) -> tuple[str, int] | str:
+        try:
+            subscriber, payload = subscriber_from(Purpose.VIEW, token)
+            day = dt.date.fromisoformat(str(payload.get("d")))
+        except (InvalidToken, ValueError) as exc:
+            return bad_link(exc if isinstance(exc, InvalidToken) else InvalidToken("Bad link."))
+        assert subscriber.id is not None
+        html = services.sent_digest_html(
+            session=session(), settings=settings, subscriber_id=subscriber.id, digest_date=day
+        )
+        if html is None:
+            abort(404)
+        return html
+
+    @app.get("/papers/<paper_id>")
+    def paper_page(paper_id: str) -> str:
+        paper = session().get(Paper, paper_id)
+        if paper is None:
+            abort(404)
+        return render_template("web/paper.html", paper=paper)
+
+    @app.get("/subscribe")
+    def subscribe_get() -> Any:
+        from flask import redirect
+
+        return redirect(url_for("index"))
+
+    return app
+
+
+def wsgi_app() -> Flask:
+    """Entry point for a WSGI server: `waitress-serve --call digest.web:wsgi_app`."""
+    from digest.config import get_settings
+
+    return create_app(get_settings())
