@@ -21,6 +21,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///digest.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Celery queue the tasks go to; separate deployments on one Redis use separate queues.
+    task_queue: str = "digest"
 
     # Delivery: "file" writes .eml files under outbox_dir, "smtp" sends through smtp_url,
     # "console" prints messages.

@@ -1,0 +1,299 @@
+"""Shared fixtures: settings on a temporary store, SQLite and PostgreSQL engines, a real SMTP
+server (aiosmtpd on loopback), Redis, and real Celery worker processes.
+
+CI sets DIGEST_TEST_REQUIRE_SERVICES=1: a missing Redis or PostgreSQL is then a failure, not a
+skip. DIGEST_TEST_POSTGRES_URL (an admin URL such as postgresql://postgres@127.0.0.1:5432/test)
+makes every store test run on PostgreSQL as well as SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from digest.config import Settings
+from digest.db import create_schema, make_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_SERVICES = os.environ.get("DIGEST_TEST_REQUIRE_SERVICES") == "1"
+POSTGRES_ADMIN_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "")
+REDIS_URL = os.environ.get("DIGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+def service_missing(what: str) -> None:
+    """Skip locally, fail in CI: integration tests must never silently not run there."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{what} is required (DIGEST_TEST_REQUIRE_SERVICES=1) but not available")
+    pytest.skip(f"{what} not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "secret_key": SECRET,
+        "database_url": f"sqlite:///{tmp_path / 'digest.db'}",
+        "outbox_dir": tmp_path / "outbox",
+        "mailer": "file",
+        "base_url": "https://digest.test",
+        "from_address": "digest@digest.test",
+        "unsubscribe_mailto": "unsubscribe@digest.test",
+        "redis_url": REDIS_URL,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    if not POSTGRES_ADMIN_URL:
+        yield None
+        return
+    import psycopg
+
+    name = f"digest_test_{uuid.uuid4().hex[:10]}"
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"PostgreSQL at {admin} is required but unreachable: {exc}")
+        yield None
+        return
+    base = admin.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    if url is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("DIGEST_TEST_POSTGRES_URL must be set when services are required")
+        pytest.skip("PostgreSQL not configured (set DIGEST_TEST_POSTGRES_URL)")
+    engine = make_engine(url)
+    from sqlmodel import SQLModel
+
+    SQLModel.metadata.drop_all(engine)
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_settings(tmp_path: Path, db_url: str) -> Settings:
+    """Settings whose database is the parametrised one (SQLite, and PostgreSQL when set)."""
+    return make_settings(tmp_path, database_url=db_url)
+
+
+# --- SMTP ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+
+@dataclass
+class SMTPSink:
+    host: str
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    connections: int = 0
+    # Called with the recipient of each RCPT; returns an SMTP reply to refuse it, or None.
+    refuse_rcpt: Callable[[str], str | None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [r.message for r in self.messages if address in r.rcpt_tos]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.messages) >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} messages at the SMTP server, got "
+                             f"{len(self.messages)}")
+
+
+class _Handler:
+    def __init__(self, sink: SMTPSink) -> None:
+        self.sink = sink
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        with self.sink.lock:
+            self.sink.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if self.sink.refuse_rcpt is not None:
+            reply = self.sink.refuse_rcpt(address)
+            if reply:
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        with self.sink.lock:
+            self.sink.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message)  # type: ignore[arg-type]
+            )
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPSink]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, collecting what it receives."""
+    from aiosmtpd.controller import Controller
+
+    sink = SMTPSink(host="127.0.0.1", port=free_port())
+    controller = Controller(_Handler(sink), hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+# --- Redis and Celery ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        service_missing(f"Redis at {REDIS_URL} ({exc})")
+    return REDIS_URL
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update({
+        "DIGEST_ENV": "test",
+        "DIGEST_SECRET_KEY": settings.secret_key,
+        "DIGEST_DATABASE_URL": settings.database_url,
+        "DIGEST_REDIS_URL": settings.redis_url,
+        "DIGEST_TASK_QUEUE": settings.task_queue,
+        "DIGEST_MAILER": settings.mailer,
+        "DIGEST_SMTP_URL": settings.smtp_url,
+        "DIGEST_OUTBOX_DIR": str(settings.outbox_dir),
+        "DIGEST_BASE_URL": settings.base_url,
+        "DIGEST_FROM_ADDRESS": settings.from_address,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path, *, name: str = "w1",
+                 concurrency: int = 1, pool: str = "solo") -> WorkerProcess:
+    """A real `celery -A workers worker` process; returns once it is ready for tasks."""
+    env = worker_env(settings)
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
+         f"--pool={pool}", f"--concurrency={concurrency}", "-Q", settings.task_queue,
+         "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    worker = WorkerProcess(process, log_path, env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{worker.log()}")
+        if "ready." in worker.log():
+            return worker
+        time.sleep(0.1)
+    worker.stop()
+    raise AssertionError(f"worker not ready within 60 s:\n{worker.log()}")
+
+
+@pytest.fixture
+def celery_settings(tmp_path: Path, redis_url: str, smtp_server: SMTPSink) -> Settings:
+    """Settings for tests with real workers: a file SQLite store, a private queue, real SMTP."""
+    return make_settings(
+        tmp_path, redis_url=redis_url, task_queue=f"digest-test-{uuid.uuid4().hex[:8]}",
+        mailer="smtp", smtp_url=smtp_server.url,
+    )
+
+
+@pytest.fixture
+def celery_client(celery_settings: Settings) -> Iterator[Any]:
+    """A Celery app configured like the workers, to send tasks and wait for results."""
+    from workers.app import make_celery
+
+    app = make_celery(celery_settings)
+    yield app
+    app.close()

@@ -1,0 +1,93 @@
+"""The store on SQLite and, when configured, PostgreSQL."""
+
+import datetime as dt
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from digest import services
+from digest.models import Delivery, Paper, Subscriber
+from tests.factories import NOW, make_paper
+
+
+def test_upsert_inserts_then_merges_richer_fields_and_keeps_first_seen(engine):
+    with Session(engine) as session:
+        first = services.upsert_papers(
+            session=session, now=NOW,
+            papers=[make_paper(id="2606.00001", abstract="", upvotes=3, source="hf"),
+                    make_paper(id="2606.00002")],
+        )
+        assert (first.new, first.updated) == (2, 0)
+        later = NOW + dt.timedelta(days=1)
+        second = services.upsert_papers(
+            session=session, now=later,
+            papers=[make_paper(id="2606.00001v2", abstract="A real abstract.", upvotes=40,
+                               categories=["cs.LG"], source="arxiv")],
+        )
+        assert (second.new, second.updated) == (0, 1)
+    with Session(engine) as session:
+        paper = session.get(Paper, "2606.00001")
+        assert paper is not None
+        assert paper.abstract == "A real abstract."
+        assert paper.upvotes == 40
+        assert paper.sources == ["hf", "arxiv"]
+        assert paper.first_seen == NOW  # kept apart from later sightings
+        assert paper.first_seen.tzinfo is not None
+
+
+def test_the_same_id_twice_in_one_input_is_one_paper(engine):
+    with Session(engine) as session:
+        result = services.upsert_papers(
+            session=session, now=NOW,
+            papers=[make_paper(id="2606.00009", upvotes=1), make_paper(id="2606.00009", upvotes=5)],
+        )
+        assert result.new == 1
+        assert session.get(Paper, "2606.00009").upvotes == 5
+
+
+def test_one_delivery_per_subscriber_per_date(engine):
+    with Session(engine) as session:
+        sub = services.add_subscriber(session=session, email="a@example.com",
+                                      topics=["x"], now=NOW)
+        session.add(Delivery(subscriber_id=sub.id, digest_date=dt.date(2026, 6, 12),
+                             created_at=NOW, updated_at=NOW))
+        session.commit()
+        session.add(Delivery(subscriber_id=sub.id, digest_date=dt.date(2026, 6, 12),
+                             created_at=NOW, updated_at=NOW))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_emails_are_normalised_and_unique(engine):
+    with Session(engine) as session:
+        services.add_subscriber(session=session, email="Ada@Example.COM", topics=["x"], now=NOW)
+        services.add_subscriber(session=session, email="ada@example.com", topics=["y"], now=NOW)
+        rows = list(session.exec(select(Subscriber)))
+        assert [(s.email, s.topics) for s in rows] == [("ada@example.com", ["y"])]
+
+
+def test_bad_email_is_refused_and_nothing_is_stored(engine):
+    with Session(engine) as session:
+        for bad in ("not-an-address", "a@b", "x@example.com\r\nBcc: victim@example.com"):
+            with pytest.raises(services.UserError):
+                services.add_subscriber(session=session, email=bad, topics=["x"], now=NOW)
+        assert list(session.exec(select(Subscriber))) == []
+
+
+def test_remove_subscriber_removes_their_history(engine, db_settings):
+    with Session(engine) as session:
+        services.upsert_papers(session=session, now=NOW, papers=[
+            make_paper(title="Diffusion models at scale",
+                       abstract="Diffusion models trained at scale.")])
+        services.add_subscriber(session=session, email="a@example.com",
+                                topics=["diffusion models"], now=NOW)
+        from digest.mailer import FileMailer
+
+        summary = services.send_due_digests(
+            session=session, mailer=FileMailer(db_settings.outbox_dir), settings=db_settings,
+            now=NOW, digest_date=NOW.date())
+        assert len(summary.sent) == 1
+        assert services.remove_subscriber(session=session, email="a@example.com")
+        assert list(session.exec(select(Delivery))) == []
+        assert not services.remove_subscriber(session=session, email="a@example.com")

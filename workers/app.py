@@ -1,0 +1,35 @@
+"""The Celery app, built from Settings: Redis broker, late acks, the beat schedule."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from digest.config import Settings, get_settings
+from workers.schedule import beat_schedule
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("digest", include=["workers.tasks"])
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        result_expires=24 * 3600,
+        task_default_queue=settings.task_queue,
+        # A task is acknowledged only when it finished, so a killed worker's task comes back;
+        # the tasks are idempotent (the delivery row is the claim), so a rerun sends nothing twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": 3600},
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule=beat_schedule(settings),
+    )
+    return app
+
+
+app = make_celery(get_settings())
