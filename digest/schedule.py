@@ -40,9 +40,9 @@ def not_due_reason(window: SendWindow, digest_date: dt.date) -> str | None:
 def due_date(window: SendWindow, now: dt.datetime) -> tuple[dt.date | None, str | None]:
     """(the local digest date that is due at `now`, None) or (None, why nothing is due)."""
     local = now.astimezone(zone(window.timezone))
-    if local.hour < window.send_hour:
-        return None, f"send hour {window.send_hour:02d}:00 {window.timezone} not reached"
     reason = not_due_reason(window, local.date())
     if reason:
         return None, reason
+    if local.hour < window.send_hour:
+        return None, f"send hour {window.send_hour:02d}:00 {window.timezone} not reached"
     return local.date(), None

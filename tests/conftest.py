@@ -161,8 +161,9 @@ class SMTPSink:
             if len(self.messages) >= count:
                 return
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} messages at the SMTP server, got "
-                             f"{len(self.messages)}")
+        raise AssertionError(
+            f"expected {count} messages at the SMTP server, got {len(self.messages)}"
+        )
 
 
 class _Handler:
@@ -225,6 +226,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str]
+    log_file: Any = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -237,38 +239,65 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.log_file is not None and not self.log_file.closed:
+            self.log_file.close()
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update({
-        "DIGEST_ENV": "test",
-        "DIGEST_SECRET_KEY": settings.secret_key,
-        "DIGEST_DATABASE_URL": settings.database_url,
-        "DIGEST_REDIS_URL": settings.redis_url,
-        "DIGEST_TASK_QUEUE": settings.task_queue,
-        "DIGEST_MAILER": settings.mailer,
-        "DIGEST_SMTP_URL": settings.smtp_url,
-        "DIGEST_OUTBOX_DIR": str(settings.outbox_dir),
-        "DIGEST_BASE_URL": settings.base_url,
-        "DIGEST_FROM_ADDRESS": settings.from_address,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DIGEST_ENV": "test",
+            "DIGEST_SECRET_KEY": settings.secret_key,
+            "DIGEST_DATABASE_URL": settings.database_url,
+            "DIGEST_REDIS_URL": settings.redis_url,
+            "DIGEST_TASK_QUEUE": settings.task_queue,
+            "DIGEST_MAILER": settings.mailer,
+            "DIGEST_SMTP_URL": settings.smtp_url,
+            "DIGEST_OUTBOX_DIR": str(settings.outbox_dir),
+            "DIGEST_BASE_URL": settings.base_url,
+            "DIGEST_FROM_ADDRESS": settings.from_address,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
-def start_worker(settings: Settings, log_path: Path, *, name: str = "w1",
-                 concurrency: int = 1, pool: str = "solo") -> WorkerProcess:
+def start_worker(
+    settings: Settings,
+    log_path: Path,
+    *,
+    name: str = "w1",
+    concurrency: int = 1,
+    pool: str = "solo",
+) -> WorkerProcess:
     """A real `celery -A workers worker` process; returns once it is ready for tasks."""
     env = worker_env(settings)
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
-         f"--pool={pool}", f"--concurrency={concurrency}", "-Q", settings.task_queue,
-         "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--loglevel=INFO",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            "-Q",
+            settings.task_queue,
+            "-n",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    worker = WorkerProcess(process, log_path, env)
+    worker = WorkerProcess(process, log_path, env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -284,8 +313,11 @@ def start_worker(settings: Settings, log_path: Path, *, name: str = "w1",
 def celery_settings(tmp_path: Path, redis_url: str, smtp_server: SMTPSink) -> Settings:
     """Settings for tests with real workers: a file SQLite store, a private queue, real SMTP."""
     return make_settings(
-        tmp_path, redis_url=redis_url, task_queue=f"digest-test-{uuid.uuid4().hex[:8]}",
-        mailer="smtp", smtp_url=smtp_server.url,
+        tmp_path,
+        redis_url=redis_url,
+        task_queue=f"digest-test-{uuid.uuid4().hex[:8]}",
+        mailer="smtp",
+        smtp_url=smtp_server.url,
     )
 
 

@@ -36,8 +36,16 @@ def test_arxiv_ids_lose_their_version_and_prefixes():
 
 def test_reading_keeps_good_lines_and_reports_bad_ones_with_line_numbers():
     lines = [
-        json.dumps({"id": "2601.00001v2", "title": "Good <b>one</b>", "abstract": "x",
-                    "authors": ["A B"], "published": "2026-01-02T03:04:05Z", "extra": 1}),
+        json.dumps(
+            {
+                "id": "2601.00001v2",
+                "title": "Good <b>one</b>",
+                "abstract": "x",
+                "authors": ["A B"],
+                "published": "2026-01-02T03:04:05Z",
+                "extra": 1,
+            }
+        ),
         "{not json",
         json.dumps({"abstract": "no title"}),
         "",
@@ -64,8 +72,15 @@ def test_summary_and_abs_are_accepted_as_abstract_and_url():
 
 
 def test_write_then_read_round_trips():
-    paper = PaperIn(id="2601.00001", title="T", abstract="A", authors=["X"], upvotes=4,
-                    categories=["cs.LG"], published=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    paper = PaperIn(
+        id="2601.00001",
+        title="T",
+        abstract="A",
+        authors=["X"],
+        upvotes=4,
+        categories=["cs.LG"],
+        published=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
     out = io.StringIO()
     assert write_papers([paper], out) == 1
     (back,) = list(read_papers(out.getvalue().splitlines()))

@@ -10,8 +10,11 @@ DIFFUSION_ABSTRACT = "We train diffusion models that denoise images step by step
 def corpus():
     return [
         make_rank_paper(id="diff", title=DIFFUSION, abstract=DIFFUSION_ABSTRACT),
-        make_rank_paper(id="robots", title="Legged robots that walk",
-                        abstract="Legged robots learn locomotion with reinforcement learning."),
+        make_rank_paper(
+            id="robots",
+            title="Legged robots that walk",
+            abstract="Legged robots learn locomotion with reinforcement learning.",
+        ),
         *[make_rank_paper() for _ in range(8)],
     ]
 
@@ -29,9 +32,11 @@ def test_topic_match_comes_first_and_says_why():
 
 
 def test_each_profile_gets_its_own_ranking_in_one_batch():
-    profiles = [make_profile(id="a", topics=("diffusion models",)),
-                make_profile(id="b", topics=("legged robots",)),
-                make_profile(id="c", topics=())]
+    profiles = [
+        make_profile(id="a", topics=("diffusion models",)),
+        make_profile(id="b", topics=("legged robots",)),
+        make_profile(id="c", topics=()),
+    ]
     a, b, c = rank_papers(corpus(), profiles, now=NOW)
     assert ids(a)[0] == "diff" and ids(b)[0] == "robots" and c == []
 
@@ -50,10 +55,18 @@ def test_already_sent_paper_never_appears():
 
 def test_newer_outranks_otherwise_identical_older():
     papers = [
-        make_rank_paper(id="old", title=DIFFUSION, abstract=DIFFUSION_ABSTRACT,
-                        published=NOW - dt.timedelta(days=5)),
-        make_rank_paper(id="new", title=DIFFUSION, abstract=DIFFUSION_ABSTRACT,
-                        published=NOW - dt.timedelta(days=1)),
+        make_rank_paper(
+            id="old",
+            title=DIFFUSION,
+            abstract=DIFFUSION_ABSTRACT,
+            published=NOW - dt.timedelta(days=5),
+        ),
+        make_rank_paper(
+            id="new",
+            title=DIFFUSION,
+            abstract=DIFFUSION_ABSTRACT,
+            published=NOW - dt.timedelta(days=1),
+        ),
         make_rank_paper(),
     ]
     config = RankingConfig(duplicate_similarity=1.01)  # identical texts: keep both
@@ -64,8 +77,11 @@ def test_newer_outranks_otherwise_identical_older():
 def test_more_upvotes_never_lowers_a_score():
     scores = []
     for votes in (None, 0, 1, 10, 100, 10_000):
-        papers = [make_rank_paper(id="p", title=DIFFUSION, abstract=DIFFUSION_ABSTRACT,
-                                  upvotes=votes), make_rank_paper(), make_rank_paper()]
+        papers = [
+            make_rank_paper(id="p", title=DIFFUSION, abstract=DIFFUSION_ABSTRACT, upvotes=votes),
+            make_rank_paper(),
+            make_rank_paper(),
+        ]
         (picks,) = rank_papers(papers, [make_profile()], now=NOW)
         scores.append(picks[0].score)
     assert scores == sorted(scores) and scores[-1] > scores[0]
@@ -75,8 +91,11 @@ def test_near_duplicates_are_not_both_picked():
     papers = [
         make_rank_paper(id="a", title=DIFFUSION, abstract=DIFFUSION_ABSTRACT),
         make_rank_paper(id="b", title=DIFFUSION + ".", abstract=DIFFUSION_ABSTRACT),
-        make_rank_paper(id="c", title="Video diffusion models",
-                        abstract="Diffusion models generate videos frame by frame."),
+        make_rank_paper(
+            id="c",
+            title="Video diffusion models",
+            abstract="Diffusion models generate videos frame by frame.",
+        ),
         make_rank_paper(),
     ]
     (picks,) = rank_papers(papers, [make_profile()], now=NOW)
@@ -90,8 +109,12 @@ def test_same_input_gives_same_output():
 
 
 def test_top_k_limits_the_digest():
-    papers = [make_rank_paper(title=f"Diffusion models variant {i}",
-                              abstract=f"Diffusion models with trick number {i} and {i * 7}.")
-              for i in range(30)]
+    papers = [
+        make_rank_paper(
+            title=f"Diffusion models variant {i}",
+            abstract=f"Diffusion models with trick number {i} and {i * 7}.",
+        )
+        for i in range(30)
+    ]
     (picks,) = rank_papers(papers, [make_profile()], now=NOW, config=RankingConfig(top_k=5))
     assert len(picks) == 5

@@ -15,29 +15,41 @@ DAY = NOW.date()
 
 
 def seed(session, n=12):
-    papers = [make_paper(title=f"Diffusion models trick {i}",
-                         abstract=f"Diffusion models improved by trick {i} of {i * 13} steps.")
-              for i in range(n)]
-    papers.append(make_paper(title="Legged robots walk",
-                             abstract="Legged robots learn to walk on rough ground."))
+    papers = [
+        make_paper(
+            title=f"Diffusion models trick {i}",
+            abstract=f"Diffusion models improved by trick {i} of {i * 13} steps.",
+        )
+        for i in range(n)
+    ]
+    papers.append(
+        make_paper(
+            title="Legged robots walk", abstract="Legged robots learn to walk on rough ground."
+        )
+    )
     services.upsert_papers(session=session, papers=papers, now=NOW)
 
 
 def outbox_messages(settings):
-    return [message_from_bytes(p.read_bytes(), policy=policy.default)
-            for p in sorted(settings.outbox_dir.glob("*.eml"))]
+    return [
+        message_from_bytes(p.read_bytes(), policy=policy.default)
+        for p in sorted(settings.outbox_dir.glob("*.eml"))
+    ]
 
 
 def test_sending_twice_for_the_same_date_sends_nothing_the_second_time(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(session=session, email="a@example.com",
-                                topics=["diffusion models"], now=NOW)
-        first = services.send_due_digests(session=session, mailer=mailer, settings=db_settings,
-                                          now=NOW, digest_date=DAY)
-        second = services.send_due_digests(session=session, mailer=mailer, settings=db_settings,
-                                           now=NOW, digest_date=DAY)
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
+        first = services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+        )
+        second = services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+        )
     assert first.sent == [("a@example.com", 10)]
     assert second.sent == []
     assert second.skipped == [("a@example.com", f"already sent for {DAY.isoformat()}")]
@@ -48,13 +60,20 @@ def test_the_next_day_never_repeats_a_paper(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(session=session, email="a@example.com",
-                                topics=["diffusion models"], now=NOW)
-        services.send_due_digests(session=session, mailer=mailer, settings=db_settings,
-                                  now=NOW, digest_date=DAY)
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
+        services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+        )
         tomorrow = NOW + dt.timedelta(days=1)
-        second = services.send_due_digests(session=session, mailer=mailer, settings=db_settings,
-                                           now=tomorrow, digest_date=tomorrow.date())
+        second = services.send_due_digests(
+            session=session,
+            mailer=mailer,
+            settings=db_settings,
+            now=tomorrow,
+            digest_date=tomorrow.date(),
+        )
         assert second.sent == [("a@example.com", 2)]  # 12 diffusion papers, 10 already sent
         items = list(session.exec(select(DeliveryItem)))
         assert len(items) == 12 and len({i.paper_id for i in items}) == 12
@@ -64,19 +83,28 @@ def test_unsubscribed_and_unconfirmed_addresses_get_nothing(engine, db_settings)
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        gone = services.add_subscriber(session=session, email="gone@example.com",
-                                       topics=["diffusion models"], now=NOW)
-        services.add_subscriber(session=session, email="new@example.com",
-                                topics=["diffusion models"], now=NOW,
-                                status=SubscriberStatus.PENDING)
-        services.add_subscriber(session=session, email="stay@example.com",
-                                topics=["diffusion models"], now=NOW)
+        gone = services.add_subscriber(
+            session=session, email="gone@example.com", topics=["diffusion models"], now=NOW
+        )
+        services.add_subscriber(
+            session=session,
+            email="new@example.com",
+            topics=["diffusion models"],
+            now=NOW,
+            status=SubscriberStatus.PENDING,
+        )
+        services.add_subscriber(
+            session=session, email="stay@example.com", topics=["diffusion models"], now=NOW
+        )
         services.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
-        summary = services.send_due_digests(session=session, mailer=mailer,
-                                            settings=db_settings, now=NOW, digest_date=DAY)
+        summary = services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+        )
     assert [e for e, _ in summary.sent] == ["stay@example.com"]
-    assert dict(summary.skipped) == {"gone@example.com": "unsubscribed",
-                                     "new@example.com": "not confirmed yet"}
+    assert dict(summary.skipped) == {
+        "gone@example.com": "unsubscribed",
+        "new@example.com": "not confirmed yet",
+    }
     assert [str(m["To"]) for m in outbox_messages(db_settings)] == ["stay@example.com"]
 
 
@@ -84,10 +112,12 @@ def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(session=session, email="a@example.com",
-                                topics=["protein folding"], now=NOW)
-        summary = services.send_due_digests(session=session, mailer=mailer,
-                                            settings=db_settings, now=NOW, digest_date=DAY)
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["protein folding"], now=NOW
+        )
+        summary = services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+        )
         (delivery,) = session.exec(select(Delivery)).all()
     assert summary.sent == []
     assert summary.skipped == [("a@example.com", "no new paper above the relevance threshold")]
@@ -99,11 +129,17 @@ def test_dry_run_sends_and_records_nothing(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(session=session, email="a@example.com",
-                                topics=["diffusion models"], now=NOW)
-        summary = services.send_due_digests(session=session, mailer=mailer,
-                                            settings=db_settings, now=NOW, digest_date=DAY,
-                                            dry_run=True)
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
+        summary = services.send_due_digests(
+            session=session,
+            mailer=mailer,
+            settings=db_settings,
+            now=NOW,
+            digest_date=DAY,
+            dry_run=True,
+        )
         assert summary.sent == [("a@example.com", 10)]
         assert list(session.exec(select(Delivery))) == []
     assert outbox_messages(db_settings) == []
@@ -115,10 +151,12 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
     dead = SMTPMailer(SMTPConfig(host="127.0.0.1", port=free_port(), timeout=2))
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(session=session, email="a@example.com",
-                                topics=["diffusion models"], now=NOW)
-        summary = services.send_due_digests(session=session, mailer=dead, settings=db_settings,
-                                            now=NOW, digest_date=DAY)
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
+        summary = services.send_due_digests(
+            session=session, mailer=dead, settings=db_settings, now=NOW, digest_date=DAY
+        )
         assert summary.sent == []
         ((email, reason),) = summary.failed
         assert email == "a@example.com" and "cannot reach the SMTP server" in reason
@@ -127,8 +165,9 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
         assert list(session.exec(select(DeliveryItem))) == []
 
         live = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
-        retry = services.send_due_digests(session=session, mailer=live, settings=db_settings,
-                                          now=NOW, digest_date=DAY)
+        retry = services.send_due_digests(
+            session=session, mailer=live, settings=db_settings, now=NOW, digest_date=DAY
+        )
         assert retry.sent == [("a@example.com", 10)]
         session.refresh(delivery)
         assert delivery.state == DeliveryState.SENT and delivery.attempts == 2

@@ -14,16 +14,27 @@ from tests.factories import NOW, make_paper
 def test_upsert_inserts_then_merges_richer_fields_and_keeps_first_seen(engine):
     with Session(engine) as session:
         first = services.upsert_papers(
-            session=session, now=NOW,
-            papers=[make_paper(id="2606.00001", abstract="", upvotes=3, source="hf"),
-                    make_paper(id="2606.00002")],
+            session=session,
+            now=NOW,
+            papers=[
+                make_paper(id="2606.00001", abstract="", upvotes=3, source="hf"),
+                make_paper(id="2606.00002"),
+            ],
         )
         assert (first.new, first.updated) == (2, 0)
         later = NOW + dt.timedelta(days=1)
         second = services.upsert_papers(
-            session=session, now=later,
-            papers=[make_paper(id="2606.00001v2", abstract="A real abstract.", upvotes=40,
-                               categories=["cs.LG"], source="arxiv")],
+            session=session,
+            now=later,
+            papers=[
+                make_paper(
+                    id="2606.00001v2",
+                    abstract="A real abstract.",
+                    upvotes=40,
+                    categories=["cs.LG"],
+                    source="arxiv",
+                )
+            ],
         )
         assert (second.new, second.updated) == (0, 1)
     with Session(engine) as session:
@@ -39,7 +50,8 @@ def test_upsert_inserts_then_merges_richer_fields_and_keeps_first_seen(engine):
 def test_the_same_id_twice_in_one_input_is_one_paper(engine):
     with Session(engine) as session:
         result = services.upsert_papers(
-            session=session, now=NOW,
+            session=session,
+            now=NOW,
             papers=[make_paper(id="2606.00009", upvotes=1), make_paper(id="2606.00009", upvotes=5)],
         )
         assert result.new == 1
@@ -48,13 +60,24 @@ def test_the_same_id_twice_in_one_input_is_one_paper(engine):
 
 def test_one_delivery_per_subscriber_per_date(engine):
     with Session(engine) as session:
-        sub = services.add_subscriber(session=session, email="a@example.com",
-                                      topics=["x"], now=NOW)
-        session.add(Delivery(subscriber_id=sub.id, digest_date=dt.date(2026, 6, 12),
-                             created_at=NOW, updated_at=NOW))
+        sub = services.add_subscriber(session=session, email="a@example.com", topics=["x"], now=NOW)
+        session.add(
+            Delivery(
+                subscriber_id=sub.id,
+                digest_date=dt.date(2026, 6, 12),
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
         session.commit()
-        session.add(Delivery(subscriber_id=sub.id, digest_date=dt.date(2026, 6, 12),
-                             created_at=NOW, updated_at=NOW))
+        session.add(
+            Delivery(
+                subscriber_id=sub.id,
+                digest_date=dt.date(2026, 6, 12),
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
         with pytest.raises(IntegrityError):
             session.commit()
 
@@ -77,16 +100,27 @@ def test_bad_email_is_refused_and_nothing_is_stored(engine):
 
 def test_remove_subscriber_removes_their_history(engine, db_settings):
     with Session(engine) as session:
-        services.upsert_papers(session=session, now=NOW, papers=[
-            make_paper(title="Diffusion models at scale",
-                       abstract="Diffusion models trained at scale.")])
-        services.add_subscriber(session=session, email="a@example.com",
-                                topics=["diffusion models"], now=NOW)
+        services.upsert_papers(
+            session=session,
+            now=NOW,
+            papers=[
+                make_paper(
+                    title="Diffusion models at scale", abstract="Diffusion models trained at scale."
+                )
+            ],
+        )
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
         from digest.mailer import FileMailer
 
         summary = services.send_due_digests(
-            session=session, mailer=FileMailer(db_settings.outbox_dir), settings=db_settings,
-            now=NOW, digest_date=NOW.date())
+            session=session,
+            mailer=FileMailer(db_settings.outbox_dir),
+            settings=db_settings,
+            now=NOW,
+            digest_date=NOW.date(),
+        )
         assert len(summary.sent) == 1
         assert services.remove_subscriber(session=session, email="a@example.com")
         assert list(session.exec(select(Delivery))) == []

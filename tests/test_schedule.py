@@ -1,0 +1,108 @@
+"""When a digest is due: time zones, send hours, weekly days, pauses (frozen clocks)."""
+
+import datetime as dt
+
+from freezegun import freeze_time
+from sqlmodel import Session
+
+from digest import services
+from digest.models import Frequency
+from digest.schedule import SendWindow, due_date
+
+PARIS = SendWindow(frequency="daily", weekly_day=0, send_hour=7, timezone="Europe/Paris")
+
+
+def utc(*args):
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def test_due_at_the_local_send_hour_not_before():
+    # 05:59 UTC is 06:59 in Paris in winter; 06:00 UTC is 07:00.
+    assert due_date(PARIS, utc(2026, 1, 15, 5, 59)) == (
+        None,
+        "send hour 07:00 Europe/Paris not reached",
+    )
+    assert due_date(PARIS, utc(2026, 1, 15, 6, 0)) == (dt.date(2026, 1, 15), None)
+
+
+def test_local_date_differs_from_utc_date():
+    tokyo = SendWindow(frequency="daily", weekly_day=0, send_hour=7, timezone="Asia/Tokyo")
+    # 23:00 UTC on the 14th is 08:00 on the 15th in Tokyo.
+    assert due_date(tokyo, utc(2026, 1, 14, 23, 0)) == (dt.date(2026, 1, 15), None)
+
+
+def test_summer_time_moves_the_utc_send_moment():
+    assert due_date(PARIS, utc(2026, 7, 15, 4, 59))[0] is None
+    assert due_date(PARIS, utc(2026, 7, 15, 5, 0)) == (dt.date(2026, 7, 15), None)
+
+
+def test_weekly_and_paused():
+    weekly = SendWindow(frequency="weekly", weekly_day=2, send_hour=7, timezone="UTC")
+    assert due_date(weekly, utc(2026, 1, 14, 8)) == (dt.date(2026, 1, 14), None)  # Wednesday
+    assert due_date(weekly, utc(2026, 1, 15, 8)) == (None, "weekly digest, sent on Wednesdays")
+    paused = SendWindow(
+        frequency="daily",
+        weekly_day=0,
+        send_hour=7,
+        timezone="UTC",
+        paused_until=dt.date(2026, 1, 20),
+    )
+    assert due_date(paused, utc(2026, 1, 20, 8)) == (None, "paused until 2026-01-20")
+    assert due_date(paused, utc(2026, 1, 21, 8)) == (dt.date(2026, 1, 21), None)
+
+
+def test_due_subscribers_at_a_frozen_now(engine):
+    with Session(engine) as session:
+        services.add_subscriber(
+            session=session,
+            email="paris@example.com",
+            topics=["x"],
+            now=utc(2026, 1, 1),
+            timezone="Europe/Paris",
+            send_hour=7,
+        )
+        services.add_subscriber(
+            session=session,
+            email="ny@example.com",
+            topics=["x"],
+            now=utc(2026, 1, 1),
+            timezone="America/New_York",
+            send_hour=7,
+        )
+        services.add_subscriber(
+            session=session,
+            email="weekly@example.com",
+            topics=["x"],
+            now=utc(2026, 1, 1),
+            frequency=Frequency.WEEKLY,
+            weekly_day=0,
+        )
+        with freeze_time("2026-01-15 06:30:00"):  # a Thursday
+            now = dt.datetime.now(dt.UTC)
+            due, not_due = services.due_subscribers(session=session, now=now)
+    with Session(engine) as session:
+        emails = {s.id: s.email for s in services.list_subscribers(session=session)}
+    assert {d: [emails[i] for i in ids] for d, ids in due.items()} == {
+        dt.date(2026, 1, 15): ["paris@example.com"]
+    }
+    assert dict(not_due.skipped) == {
+        "ny@example.com": "send hour 07:00 America/New_York not reached",
+        "weekly@example.com": "weekly digest, sent on Mondays",
+    }
+
+
+def test_beat_runs_ingest_before_the_morning_and_plans_every_few_minutes(settings):
+    from workers.schedule import beat_schedule
+
+    schedule = beat_schedule(settings)
+    ingest = schedule["ingest-papers"]["schedule"]
+    plan = schedule["send-due-digests"]["schedule"]
+    assert schedule["ingest-papers"]["task"] == "workers.tasks.ingest"
+    assert schedule["send-due-digests"]["task"] == "workers.tasks.plan_due"
+    assert ingest.hour == {settings.ingest_hour_utc} and ingest.minute == {0}
+    assert plan.minute == set(range(0, 60, settings.plan_every_minutes))
+    with freeze_time("2026-01-15 04:59:00"):
+        last = dt.datetime(2026, 1, 14, 5, 0, tzinfo=dt.UTC)
+        assert not ingest.is_due(last).is_due
+    with freeze_time("2026-01-15 05:00:30"):
+        assert ingest.is_due(dt.datetime(2026, 1, 14, 5, 0, tzinfo=dt.UTC)).is_due

@@ -1,0 +1,100 @@
+"""Digests through a real SMTP server (aiosmtpd on loopback)."""
+
+from sqlmodel import Session
+
+from digest import services
+from digest.mailer import DeliveryError, SMTPConfig, SMTPMailer
+from tests.factories import NOW, make_paper
+
+
+def test_smtp_url_parsing():
+    cfg = SMTPConfig.from_url("smtps://user%40x:p%3Ass@mail.example.com")
+    assert (cfg.host, cfg.port, cfg.username, cfg.password, cfg.implicit_tls) == (
+        "mail.example.com",
+        465,
+        "user@x",
+        "p:ss",
+        True,
+    )
+    cfg = SMTPConfig.from_url("smtp://relay:2525?starttls=1")
+    assert (cfg.port, cfg.starttls, cfg.username) == (2525, True, None)
+
+
+def test_a_batch_of_digests_arrives_over_one_connection(engine, db_settings, smtp_server):
+    mailer = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
+    with Session(engine) as session:
+        services.upsert_papers(
+            session=session,
+            now=NOW,
+            papers=[
+                make_paper(
+                    title="Diffusion models for audio", abstract="Diffusion models for audio."
+                ),
+                make_paper(title="Legged robots on ice", abstract="Legged robots walk on ice."),
+            ],
+        )
+        for i in range(5):
+            services.add_subscriber(
+                session=session, email=f"r{i}@example.com", topics=["diffusion models"], now=NOW
+            )
+        services.add_subscriber(
+            session=session, email="robots@example.com", topics=["legged robots"], now=NOW
+        )
+        summary = services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=NOW.date()
+        )
+    assert len(summary.sent) == 6 and summary.failed == []
+    assert smtp_server.connections == 1
+    assert sorted(r for m in smtp_server.messages for r in m.rcpt_tos) == sorted(
+        [f"r{i}@example.com" for i in range(5)] + ["robots@example.com"]
+    )
+    (robots,) = smtp_server.to("robots@example.com")
+    assert "Legged robots on ice" in robots["Subject"]
+    text = robots.get_body(("plain",)).get_content()
+    assert "Legged robots on ice" in text and "Diffusion models for audio" not in text
+    assert robots["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "<https://digest.test/unsubscribe/" in robots["List-Unsubscribe"]
+    assert "<mailto:unsubscribe@digest.test?subject=unsubscribe" in robots["List-Unsubscribe"]
+    ids = {m.message["Message-ID"] for m in smtp_server.messages}
+    assert len(ids) == 6
+
+
+def test_refused_recipient_is_a_permanent_failure_and_the_rest_arrive(
+    engine, db_settings, smtp_server
+):
+    smtp_server.refuse_rcpt = lambda a: "550 5.1.1 no such user" if a.startswith("bad") else None
+    mailer = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
+    with Session(engine) as session:
+        services.upsert_papers(
+            session=session,
+            now=NOW,
+            papers=[
+                make_paper(
+                    title="Diffusion models for audio", abstract="Diffusion models for audio."
+                )
+            ],
+        )
+        for email in ("bad@example.com", "good@example.com"):
+            services.add_subscriber(
+                session=session, email=email, topics=["diffusion models"], now=NOW
+            )
+        summary = services.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=NOW.date()
+        )
+        bad = services.get_subscriber(session=session, email="bad@example.com")
+        assert bad.bounce_count == 1
+    assert [e for e, _ in summary.sent] == ["good@example.com"]
+    ((email, reason),) = summary.failed
+    assert email == "bad@example.com" and "550" in reason
+    assert [r.rcpt_tos for r in smtp_server.messages] == [["good@example.com"]]
+
+
+def test_connection_refused_is_a_temporary_delivery_error():
+    from tests.conftest import free_port
+
+    mailer = SMTPMailer(SMTPConfig(host="127.0.0.1", port=free_port(), timeout=2))
+    try:
+        with mailer.connect():
+            raise AssertionError("connected to a closed port")
+    except DeliveryError as exc:
+        assert not exc.permanent and "cannot reach" in str(exc)
