@@ -13,7 +13,7 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from digest import services
+from digest import delivery, services
 from digest.config import Settings, get_settings
 from digest.db import create_schema, make_engine, session_scope
 from digest.mailer import FileMailer, Mailer, make_mailer
@@ -81,7 +81,7 @@ def _parse_date(value: str | None) -> dt.date | None:
         raise click.BadParameter(f"{value!r} is not a date like 2026-06-12") from exc
 
 
-def print_summary(summary: services.SendSummary, *, verbose: bool = True) -> None:
+def print_summary(summary: delivery.SendSummary, *, verbose: bool = True) -> None:
     verb = "would send" if summary.dry_run else "sent"
     click.echo(
         f"{verb} {len(summary.sent)}, skipped {len(summary.skipped)}, "
@@ -97,7 +97,7 @@ def print_summary(summary: services.SendSummary, *, verbose: bool = True) -> Non
             click.echo(f"  {'failed':>10}  {email}: {reason}")
     else:
         for label, items in (("skipped", summary.skipped), ("failed", summary.failed)):
-            for reason, count in services._count_reasons(items).items():
+            for reason, count in delivery.count_reasons(items).items():
                 click.echo(f"  {label}: {count} ({reason})")
 
 
@@ -108,7 +108,7 @@ def _send(
     date: dt.date | None,
     dry_run: bool,
     mailer: Mailer | None = None,
-) -> services.SendSummary:
+) -> delivery.SendSummary:
     now = now_utc()
     mailer = mailer or app.mailer()
     with app.session() as session:
@@ -126,7 +126,7 @@ def _send(
                 bar.update(n)  # type: ignore[attr-defined]
 
         try:
-            summary = services.send_due_digests(
+            summary = delivery.send_due_digests(
                 session=session,
                 mailer=mailer,
                 settings=app.settings,
@@ -228,6 +228,32 @@ def demo(app: App, email: str, topics: tuple[str, ...]) -> None:
         )
     else:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("email")
+@click.option(
+    "--date",
+    "date_text",
+    metavar="YYYY-MM-DD",
+    help="Digest date (default: the subscriber's local today).",
+)
+@pass_app
+def why(app: App, email: str, date_text: str | None) -> None:
+    """What EMAIL got on a digest date, or why they got nothing."""
+    with app.session() as session:
+        try:
+            lines = delivery.why(
+                session=session,
+                settings=app.settings,
+                email=email,
+                now=now_utc(),
+                digest_date=_parse_date(date_text),
+            )
+        except services.UserError as exc:
+            raise click.ClickException(str(exc)) from exc
+    for line in lines:
+        click.echo(line)
 
 
 @main.command()

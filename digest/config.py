@@ -57,6 +57,26 @@ class Settings(BaseSettings):
     ingest_hour_utc: int = Field(default=5, ge=0, le=23)
     plan_every_minutes: int = Field(default=10, ge=1, le=60)
 
+    # Delivery.
+    # A planner that runs late still sends a day's digest up to this many hours after its hour.
+    catchup_hours: float = Field(default=12.0, ge=0, le=23)
+    # How long a worker owns the deliveries it claimed before another may take them over.
+    lease_seconds: int = Field(default=300, ge=1)
+    # Planned deliveries untouched this long are queued again by the sweeper (lost tasks).
+    planned_grace_seconds: int = Field(default=900, ge=0)
+    sweep_every_minutes: int = Field(default=5, ge=1, le=60)
+    # Temporary SMTP failures: tries within one task, then retried later until the deadline.
+    smtp_attempts: int = Field(default=3, ge=1)
+    smtp_retry_base_seconds: float = Field(default=0.5, ge=0)
+    retry_deadline_hours: float = Field(default=6.0, gt=0)
+    # Messages per second through one connection (0: no limit) and the burst it allows.
+    smtp_rate_per_second: float = Field(default=0.0, ge=0)
+    smtp_rate_burst: int = Field(default=50, ge=1)
+    # Permanent failures (5xx) in a row after which an address is suppressed.
+    suppress_after_failures: int = Field(default=3, ge=1)
+    # Celery: seconds before an unacknowledged task of a dead worker is delivered again.
+    visibility_timeout: int = Field(default=3600, ge=1)
+
     # Token lifetimes (seconds).
     confirm_max_age: int = 3 * 24 * 3600
 

@@ -120,6 +120,10 @@ class Delivery(SQLModel, table=True):
     created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     sent_at: dt.datetime | None = _utc_column()
+    # A worker owns a "sending" row until its lease runs out; then another may take it over.
+    lease_until: dt.datetime | None = _utc_column()
+    # A temporarily failed delivery is tried again from this moment; None means never again.
+    retry_at: dt.datetime | None = _utc_column(index=True)
 
 
 class DeliveryItem(SQLModel, table=True):

@@ -180,6 +180,73 @@ def explain(paper: RankPaper, matched: str, now: dt.datetime) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class PreparedCorpus:
+    """Everything about the candidate papers that does not depend on a profile.
+
+    Prepare it once per digest run and rank every batch of subscribers against it.
+    """
+
+    papers: Sequence[RankPaper]
+    model: TopicModel
+    vectors: sparse.csr_matrix
+    vectors_t: sparse.csr_matrix
+    prior: np.ndarray
+    index: dict[str, int]
+    now: dt.datetime
+
+
+def prepare_corpus(
+    papers: Sequence[RankPaper],
+    *,
+    now: dt.datetime,
+    config: RankingConfig = RankingConfig(),
+    model: TopicModel | None = None,
+) -> PreparedCorpus:
+    if model is None:
+        model = TopicModel.fit([p.text for p in papers])
+    vectors = model.transform([p.text for p in papers])
+    prior = config.weight_recency * recency(papers, now, config.half_life_days)
+    prior = prior + config.weight_trending * trending(papers, config.trending_reference)
+    return PreparedCorpus(
+        papers=papers,
+        model=model,
+        vectors=vectors,
+        vectors_t=vectors.T.tocsr(),
+        prior=prior,
+        index={p.id: i for i, p in enumerate(papers)},
+        now=now,
+    )
+
+
+def rank_prepared(
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    *,
+    config: RankingConfig = RankingConfig(),
+) -> list[list[Pick]]:
+    """For each profile, at most `top_k` picks from a prepared corpus, best first."""
+    if not corpus.papers or not profiles:
+        return [[] for _ in profiles]
+    results: list[list[Pick]] = []
+    for start in range(0, len(profiles), config.chunk_profiles):
+        chunk = profiles[start : start + config.chunk_profiles]
+        results.extend(
+            _rank_chunk(
+                corpus.papers,
+                chunk,
+                corpus.now,
+                config,
+                corpus.model,
+                corpus.vectors,
+                corpus.vectors_t,
+                corpus.prior,
+                corpus.index,
+            )
+        )
+    return results
+
+
 def rank_papers(
     papers: Sequence[RankPaper],
     profiles: Sequence[Profile],
@@ -191,24 +258,8 @@ def rank_papers(
     """For each profile, at most `top_k` picks, best first, each with a one-line reason."""
     if not papers or not profiles:
         return [[] for _ in profiles]
-    if model is None:
-        model = TopicModel.fit([p.text for p in papers])
-    paper_vectors = model.transform([p.text for p in papers])
-    paper_vectors_t = paper_vectors.T.tocsr()
-    rec = recency(papers, now, config.half_life_days)
-    trend = trending(papers, config.trending_reference)
-    prior = config.weight_recency * rec + config.weight_trending * trend
-    index = {p.id: i for i, p in enumerate(papers)}
-
-    results: list[list[Pick]] = []
-    for start in range(0, len(profiles), config.chunk_profiles):
-        chunk = profiles[start : start + config.chunk_profiles]
-        results.extend(
-            _rank_chunk(
-                papers, chunk, now, config, model, paper_vectors, paper_vectors_t, prior, index
-            )
-        )
-    return results
+    corpus = prepare_corpus(papers, now=now, config=config, model=model)
+    return rank_prepared(corpus, profiles, config=config)
 
 
 def _rank_chunk(

@@ -46,3 +46,36 @@ def due_date(window: SendWindow, now: dt.datetime) -> tuple[dt.date | None, str 
     if local.hour < window.send_hour:
         return None, f"send hour {window.send_hour:02d}:00 {window.timezone} not reached"
     return local.date(), None
+
+
+def send_moment(day: dt.date, hour: int, timezone: str) -> dt.datetime:
+    """The UTC moment of `hour` o'clock local time on `day`.
+
+    On a spring-forward day a missing local hour maps to the moment just after the jump; on a
+    fall-back day an hour that happens twice means its first occurrence (fold=0). Either way each
+    local date has exactly one send moment, so no day is skipped or doubled.
+    """
+    local = dt.datetime.combine(day, dt.time(hour), tzinfo=zone(timezone))
+    return local.astimezone(dt.UTC)
+
+
+def latest_due(
+    window: SendWindow, now: dt.datetime, catchup: dt.timedelta
+) -> tuple[dt.date | None, str | None]:
+    """The newest local digest date whose send moment has passed, if within the catch-up window.
+
+    A planner that runs late (or was down) still finds the day it missed, as long as it is at
+    most `catchup` late; a subscriber who joins in the evening starts the next morning.
+    """
+    today = now.astimezone(zone(window.timezone)).date()
+    day = today
+    moment = send_moment(day, window.send_hour, window.timezone)
+    if moment > now:
+        day = today - dt.timedelta(days=1)
+        moment = send_moment(day, window.send_hour, window.timezone)
+    reason = not_due_reason(window, day)
+    if reason:
+        return None, reason
+    if now - moment > catchup:
+        return None, f"send hour {window.send_hour:02d}:00 {window.timezone} not reached"
+    return day, None

@@ -78,18 +78,19 @@ def test_planner_task_queues_batches_that_a_worker_sends(
     now = dt.datetime.now(dt.UTC)
     engine = seed_store(celery_settings, now)
     with Session(engine) as session:
-        for i in range(4):
+        # Their send hour is this hour, so the planner finds them due now.
+        for email in ["ada@example.com"] + [f"r{i}@example.com" for i in range(4)]:
             services.add_subscriber(
                 session=session,
-                email=f"r{i}@example.com",
+                email=email,
                 topics=["diffusion models"],
                 now=now,
-                send_hour=0,
+                send_hour=now.hour,
             )
     worker = start_worker(celery_settings, tmp_path / "worker.log")
     try:
         planned = celery_client.send_task("workers.tasks.plan_due").get(timeout=60)
-        assert planned["queued"] >= 4
+        assert planned["queued"] == 5
         smtp_server.wait_for(5)
     finally:
         worker.stop()

@@ -3,10 +3,7 @@
 import datetime as dt
 
 from freezegun import freeze_time
-from sqlmodel import Session
 
-from digest import services
-from digest.models import Frequency
 from digest.schedule import SendWindow, due_date
 
 PARIS = SendWindow(frequency="daily", weekly_day=0, send_hour=7, timezone="Europe/Paris")
@@ -49,46 +46,6 @@ def test_weekly_and_paused():
     )
     assert due_date(paused, utc(2026, 1, 20, 8)) == (None, "paused until 2026-01-20")
     assert due_date(paused, utc(2026, 1, 21, 8)) == (dt.date(2026, 1, 21), None)
-
-
-def test_due_subscribers_at_a_frozen_now(engine):
-    with Session(engine) as session:
-        services.add_subscriber(
-            session=session,
-            email="paris@example.com",
-            topics=["x"],
-            now=utc(2026, 1, 1),
-            timezone="Europe/Paris",
-            send_hour=7,
-        )
-        services.add_subscriber(
-            session=session,
-            email="ny@example.com",
-            topics=["x"],
-            now=utc(2026, 1, 1),
-            timezone="America/New_York",
-            send_hour=7,
-        )
-        services.add_subscriber(
-            session=session,
-            email="weekly@example.com",
-            topics=["x"],
-            now=utc(2026, 1, 1),
-            frequency=Frequency.WEEKLY,
-            weekly_day=0,
-        )
-        with freeze_time("2026-01-15 06:30:00"):  # a Thursday
-            now = dt.datetime.now(dt.UTC)
-            due, not_due = services.due_subscribers(session=session, now=now)
-    with Session(engine) as session:
-        emails = {s.id: s.email for s in services.list_subscribers(session=session)}
-    assert {d: [emails[i] for i in ids] for d, ids in due.items()} == {
-        dt.date(2026, 1, 15): ["paris@example.com"]
-    }
-    assert dict(not_due.skipped) == {
-        "ny@example.com": "send hour 07:00 America/New_York not reached",
-        "weekly@example.com": "weekly digest, sent on Mondays",
-    }
 
 
 def test_beat_runs_ingest_before_the_morning_and_plans_every_few_minutes(settings):

@@ -5,7 +5,7 @@ from email import message_from_bytes, policy
 
 from sqlmodel import Session, select
 
-from digest import services
+from digest import delivery, services
 from digest.mailer import FileMailer, SMTPConfig, SMTPMailer
 from digest.models import Delivery, DeliveryItem, DeliveryState, SubscriberStatus
 from tests.conftest import free_port
@@ -44,10 +44,10 @@ def test_sending_twice_for_the_same_date_sends_nothing_the_second_time(engine, d
         services.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
-        first = services.send_due_digests(
+        first = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
-        second = services.send_due_digests(
+        second = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
     assert first.sent == [("a@example.com", 10)]
@@ -63,11 +63,11 @@ def test_the_next_day_never_repeats_a_paper(engine, db_settings):
         services.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
-        services.send_due_digests(
+        delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
         tomorrow = NOW + dt.timedelta(days=1)
-        second = services.send_due_digests(
+        second = delivery.send_due_digests(
             session=session,
             mailer=mailer,
             settings=db_settings,
@@ -97,7 +97,7 @@ def test_unsubscribed_and_unconfirmed_addresses_get_nothing(engine, db_settings)
             session=session, email="stay@example.com", topics=["diffusion models"], now=NOW
         )
         services.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
     assert [e for e, _ in summary.sent] == ["stay@example.com"]
@@ -115,13 +115,13 @@ def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
         services.add_subscriber(
             session=session, email="a@example.com", topics=["protein folding"], now=NOW
         )
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
-        (delivery,) = session.exec(select(Delivery)).all()
+        (row,) = session.exec(select(Delivery)).all()
     assert summary.sent == []
     assert summary.skipped == [("a@example.com", "no new paper above the relevance threshold")]
-    assert delivery.state == DeliveryState.SKIPPED
+    assert row.state == DeliveryState.SKIPPED
     assert outbox_messages(db_settings) == []
 
 
@@ -132,7 +132,7 @@ def test_dry_run_sends_and_records_nothing(engine, db_settings):
         services.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session,
             mailer=mailer,
             settings=db_settings,
@@ -154,21 +154,24 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
         services.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session, mailer=dead, settings=db_settings, now=NOW, digest_date=DAY
         )
         assert summary.sent == []
         ((email, reason),) = summary.failed
         assert email == "a@example.com" and "cannot reach the SMTP server" in reason
-        (delivery,) = session.exec(select(Delivery)).all()
-        assert delivery.state == DeliveryState.FAILED
-        assert list(session.exec(select(DeliveryItem))) == []
+        (row,) = session.exec(select(Delivery)).all()
+        assert row.state == DeliveryState.FAILED and row.retry_at is not None
+        # The papers of a failed digest do not count as sent.
+        assert services.sent_paper_ids(session=session, subscriber_ids=[row.subscriber_id]) == {
+            row.subscriber_id: set()
+        }
 
         live = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
-        retry = services.send_due_digests(
+        retry = delivery.send_due_digests(
             session=session, mailer=live, settings=db_settings, now=NOW, digest_date=DAY
         )
         assert retry.sent == [("a@example.com", 10)]
-        session.refresh(delivery)
-        assert delivery.state == DeliveryState.SENT and delivery.attempts == 2
+        session.refresh(row)
+        assert row.state == DeliveryState.SENT and row.attempts == 2
     assert len(smtp_server.to("a@example.com")) == 1

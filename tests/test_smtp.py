@@ -2,7 +2,7 @@
 
 from sqlmodel import Session
 
-from digest import services
+from digest import delivery, services
 from digest.mailer import DeliveryError, SMTPConfig, SMTPMailer
 from tests.factories import NOW, make_paper
 
@@ -40,7 +40,7 @@ def test_a_batch_of_digests_arrives_over_one_connection(engine, db_settings, smt
         services.add_subscriber(
             session=session, email="robots@example.com", topics=["legged robots"], now=NOW
         )
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=NOW.date()
         )
     assert len(summary.sent) == 6 and summary.failed == []
@@ -78,7 +78,7 @@ def test_refused_recipient_is_a_permanent_failure_and_the_rest_arrive(
             services.add_subscriber(
                 session=session, email=email, topics=["diffusion models"], now=NOW
             )
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=NOW.date()
         )
         bad = services.get_subscriber(session=session, email="bad@example.com")

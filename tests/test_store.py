@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from digest import services
+from digest import delivery, services
 from digest.models import Delivery, Paper, Subscriber
 from tests.factories import NOW, make_paper
 
@@ -114,7 +114,7 @@ def test_remove_subscriber_removes_their_history(engine, db_settings):
         )
         from digest.mailer import FileMailer
 
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session,
             mailer=FileMailer(db_settings.outbox_dir),
             settings=db_settings,

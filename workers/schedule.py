@@ -21,4 +21,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "workers.tasks.plan_due",
             "schedule": crontab(minute=f"*/{settings.plan_every_minutes}"),
         },
+        # Deliveries left behind by a dead worker or a lost task are queued again.
+        "sweep-stuck-deliveries": {
+            "task": "workers.tasks.sweep",
+            "schedule": crontab(minute=f"*/{settings.sweep_every_minutes}"),
+        },
     }

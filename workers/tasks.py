@@ -8,11 +8,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from digest import services
+from digest import delivery, services
 from digest.config import get_settings
 from digest.db import create_schema, make_engine, session_scope
 from digest.mailer import Mailer, make_mailer
 from workers.app import app
+
+# One per worker process: the prepared candidate corpus is reused across batches.
+_corpus_cache = delivery.CorpusCache()
 
 
 @lru_cache(maxsize=1)
@@ -22,6 +25,7 @@ def _engine() -> Engine:
     return engine
 
 
+@lru_cache(maxsize=1)
 def _mailer() -> Mailer:
     s = get_settings()
     return make_mailer(
@@ -33,6 +37,12 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _enqueue(delivery_ids: list[int]) -> int:
+    for batch in delivery.batches(delivery_ids, get_settings().send_batch_size):
+        send_batch.delay(batch)
+    return len(delivery_ids)
+
+
 @app.task(name="workers.tasks.ingest")
 def ingest() -> dict[str, Any]:
     with session_scope(_engine()) as session:
@@ -41,38 +51,42 @@ def ingest() -> dict[str, Any]:
 
 @app.task(name="workers.tasks.plan_due")
 def plan_due() -> dict[str, Any]:
-    """Find the subscribers whose digest is due now and queue them in batches of ids."""
-    settings = get_settings()
+    """Plan the digests that are due now and queue them in batches of delivery ids."""
     with session_scope(_engine()) as session:
-        due, summary = services.due_subscribers(session=session, now=_now())
-    queued = 0
-    for day, ids in sorted(due.items()):
-        for start in range(0, len(ids), settings.send_batch_size):
-            batch = ids[start : start + settings.send_batch_size]
-            send_batch.delay(batch, day.isoformat())
-            queued += len(batch)
-    return {"queued": queued, "not_due": len(summary.skipped)}
+        plan = delivery.plan_deliveries(session=session, settings=get_settings(), now=_now())
+    return {"queued": _enqueue(plan.delivery_ids), "not_due": len(plan.skipped)}
 
 
 @app.task(name="workers.tasks.send_batch")
-def send_batch(subscriber_ids: list[int], digest_date: str) -> dict[str, object]:
+def send_batch(delivery_ids: list[int]) -> dict[str, Any]:
     with session_scope(_engine()) as session:
-        summary = services.send_digests(
+        summary = delivery.send_deliveries(
             session=session,
             mailer=_mailer(),
             settings=get_settings(),
-            subscriber_ids=subscriber_ids,
-            digest_date=dt.date.fromisoformat(digest_date),
+            delivery_ids=delivery_ids,
             now=_now(),
+            cache=_corpus_cache,
+            clock=_now,
         )
+    for delivery_id, retry_at in summary.retry:
+        send_batch.apply_async(args=[[delivery_id]], eta=retry_at)
     return summary.as_dict()
 
 
+@app.task(name="workers.tasks.sweep")
+def sweep() -> dict[str, Any]:
+    """Queue again what a dead worker, a lost task or a lost retry left behind."""
+    with session_scope(_engine()) as session:
+        ids = delivery.stuck_deliveries(session=session, settings=get_settings(), now=_now())
+    return {"queued": _enqueue(ids)}
+
+
 @app.task(name="workers.tasks.send_due")
-def send_due(digest_date: str | None = None, email: str | None = None) -> dict[str, object]:
+def send_due(digest_date: str | None = None, email: str | None = None) -> dict[str, Any]:
     """What `digest send` does, run by a worker."""
     with session_scope(_engine()) as session:
-        summary = services.send_due_digests(
+        summary = delivery.send_due_digests(
             session=session,
             mailer=_mailer(),
             settings=get_settings(),

@@ -1,0 +1,815 @@
+"""Delivery: plan who is due, claim, rank in batches, render, send exactly once, retry, sweep.
+
+The delivery row (one per subscriber per digest date, unique) is the claim. The planner inserts
+it as "planned" and queues only the rows it inserted, so two planners never queue one subscriber
+twice. A sender moves rows to "sending" with a lease, records "sent" right after the SMTP server
+accepted each message, and a sweeper queues again what a dead worker or a lost task left behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from digest import services
+from digest.config import Settings
+from digest.mailer import Connection, DeliveryError, Mailer
+from digest.models import (
+    Delivery,
+    DeliveryItem,
+    DeliveryState,
+    Paper,
+    Run,
+    Subscriber,
+    SubscriberStatus,
+)
+from digest.ranking import Pick, PreparedCorpus, prepare_corpus, rank_prepared
+from digest.render import Envelope, render_digest
+from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
+
+Progress = Callable[[int], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+@dataclass
+class SendSummary:
+    digest_date: dt.date | None = None
+    dry_run: bool = False
+    sent: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    # Deliveries that failed temporarily and will be tried again at the given moment.
+    retry: list[tuple[int, dt.datetime]] = field(default_factory=list)
+
+    def merge(self, other: SendSummary) -> None:
+        self.sent.extend(other.sent)
+        self.skipped.extend(other.skipped)
+        self.failed.extend(other.failed)
+        self.retry.extend(other.retry)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "digest_date": self.digest_date.isoformat() if self.digest_date else None,
+            "dry_run": self.dry_run,
+            "sent": len(self.sent),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "retrying": len(self.retry),
+            "skipped_by_reason": count_reasons(self.skipped),
+            "failed_by_reason": count_reasons(self.failed),
+        }
+
+
+def count_reasons(items: Iterable[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, reason in items:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def status_reason(subscriber: Subscriber) -> str | None:
+    if subscriber.status == SubscriberStatus.PENDING:
+        return "not confirmed yet"
+    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+        return "unsubscribed"
+    if subscriber.status == SubscriberStatus.SUPPRESSED:
+        return "suppressed after repeated permanent delivery failures"
+    return None
+
+
+def window_of(subscriber: Subscriber) -> SendWindow:
+    return SendWindow(
+        frequency=subscriber.frequency,
+        weekly_day=subscriber.weekly_day,
+        send_hour=subscriber.send_hour,
+        timezone=subscriber.timezone,
+        paused_until=subscriber.paused_until,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass
+class Plan:
+    """Deliveries the planner created (to be sent) and why the other subscribers were left out."""
+
+    delivery_ids: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dates: set[dt.date] = field(default_factory=set)
+    # Deliveries that failed temporarily for these dates: retried now by an explicit send.
+    retry_ids: list[int] = field(default_factory=list)
+
+
+def _insert_ignoring_conflicts(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert planned deliveries; rows that exist already are left alone. Returns new ids."""
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(table).on_conflict_do_nothing(
+            index_elements=["subscriber_id", "digest_date"]
+        )
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table).on_conflict_do_nothing(
+            index_elements=["subscriber_id", "digest_date"]
+        )
+    else:  # pragma: no cover - other databases are not supported yet
+        raise RuntimeError(f"unsupported database {dialect}")
+    ids: list[int] = []
+    for start in range(0, len(rows), 2000):
+        result = session.execute(statement.returning(table.c.id), rows[start : start + 2000])
+        ids.extend(row[0] for row in result)
+    return ids
+
+
+def plan_deliveries(
+    *,
+    session: Session,
+    settings: Settings,
+    now: dt.datetime,
+    digest_date: dt.date | None = None,
+    email: str | None = None,
+    dry_run: bool = False,
+) -> Plan:
+    """Create a planned delivery for each subscriber whose digest is due and has none yet.
+
+    Due means: their local send hour of the digest date has come (at most `catchup_hours` ago),
+    it is their weekly day, and they are not paused. With `digest_date` the hour is ignored;
+    with `email` only that subscriber is planned, for `digest_date` or their local today.
+    """
+    plan = Plan()
+    statement = select(
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.status,
+        Subscriber.frequency,
+        Subscriber.weekly_day,
+        Subscriber.send_hour,
+        Subscriber.timezone,
+        Subscriber.paused_until,
+    ).order_by(col(Subscriber.id))
+    if email is not None:
+        statement = statement.where(Subscriber.email == services.normalize_email(email))
+    catchup = dt.timedelta(hours=settings.catchup_hours)
+    candidates: list[tuple[int, str, dt.date]] = []
+    for row in session.execute(statement):
+        sid, address, status = row[0], row[1], row[2]
+        reason = status_reason(Subscriber(email=address, status=status, created_at=now))
+        if reason is None:
+            window = SendWindow(
+                frequency=row[3],
+                weekly_day=row[4],
+                send_hour=row[5],
+                timezone=row[6],
+                paused_until=row[7],
+            )
+            if digest_date is not None:
+                day: dt.date | None = digest_date
+                reason = not_due_reason(window, digest_date)
+            elif email is not None:
+                day = local_date(window.timezone, now)
+                reason = not_due_reason(window, day)
+            else:
+                day, reason = latest_due(window, now, catchup)
+            if reason is None and day is not None:
+                candidates.append((sid, address, day))
+                continue
+        plan.skipped.append((address, reason or "not due"))
+    if email is not None and not candidates and not plan.skipped:
+        raise services.UserError(f"No subscriber with address {email}.")
+    if not candidates:
+        return plan
+
+    # Those who already have a delivery for their date get nothing new, and are told why.
+    existing: dict[tuple[int, dt.date], tuple[int, str, bool]] = {}
+    days = {day for _, _, day in candidates}
+    for day in days:
+        ids = [sid for sid, _, d in candidates if d == day]
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start : start + 5000]
+            rows = session.execute(
+                select(
+                    Delivery.subscriber_id,
+                    Delivery.id,
+                    Delivery.state,
+                    col(Delivery.retry_at).is_not(None),
+                ).where(Delivery.digest_date == day, col(Delivery.subscriber_id).in_(chunk))
+            )
+            for sid, delivery_id, state, retryable in rows:
+                existing[(sid, day)] = (delivery_id, state, retryable)
+    fresh = []
+    for sid, address, day in candidates:
+        found = existing.get((sid, day))
+        if found is None:
+            fresh.append((sid, address, day))
+            continue
+        delivery_id, state, retryable = found
+        if state == DeliveryState.FAILED and retryable:
+            plan.retry_ids.append(delivery_id)
+        else:
+            plan.skipped.append((address, f"already {state} for {day.isoformat()}"))
+    if dry_run:
+        plan.dates = {day for _, _, day in fresh}
+        plan.delivery_ids = [sid for sid, _, _ in fresh]  # subscriber ids in a dry run
+        return plan
+    domain = settings.from_address.rsplit("@", 1)[-1]
+    rows = [
+        {
+            "subscriber_id": sid,
+            "digest_date": day,
+            "state": DeliveryState.PLANNED.value,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "message_id": f"<{uuid.uuid4().hex}.digest@{domain}>",
+        }
+        for sid, _, day in fresh
+    ]
+    plan.delivery_ids = _insert_ignoring_conflicts(session, rows)
+    session.commit()
+    if len(plan.delivery_ids) < len(rows):
+        # Another planner inserted some of these at the same moment: they are its to send.
+        plan.skipped.append(("(several)", "planned by another planner at the same time"))
+    plan.dates = {day for _, _, day in fresh}
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking cache
+
+
+class CorpusCache:
+    """Prepared candidate corpora by digest date, reused across batches for `max_age` seconds."""
+
+    def __init__(self, max_age: float = 600.0, clock: Callable[[], float] = time.monotonic):
+        self.max_age = max_age
+        self.clock = clock
+        self._entries: dict[dt.date, tuple[float, PreparedCorpus, dict[str, Paper]]] = {}
+
+    def get(
+        self, *, session: Session, settings: Settings, digest_date: dt.date, now: dt.datetime
+    ) -> tuple[PreparedCorpus, dict[str, Paper]]:
+        entry = self._entries.get(digest_date)
+        if entry is not None and self.clock() - entry[0] < self.max_age:
+            return entry[1], entry[2]
+        as_of = services.digest_as_of(digest_date, now)
+        papers = services.candidate_papers(
+            session=session, as_of=as_of, days=settings.candidate_days
+        )
+        papers.sort(key=lambda p: p.id)  # the same corpus ranks the same, whatever the query order
+        corpus = prepare_corpus(
+            [services.to_rank_paper(p) for p in papers],
+            now=as_of,
+            config=services.ranking_config(settings),
+        )
+        by_id = {p.id: p for p in papers}
+        self._entries = {digest_date: (self.clock(), corpus, by_id)}  # keep one date's corpus
+        return corpus, by_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending
+
+
+def _claim(
+    *,
+    session: Session,
+    delivery_ids: Sequence[int],
+    now: dt.datetime,
+    settings: Settings,
+    retry_now: bool = False,
+) -> list[int]:
+    """Atomically take the deliveries that are free to send: planned, failed and due for a
+    retry, or sending under a lease that ran out (its worker died)."""
+    if not delivery_ids:
+        return []
+    statement = (
+        update(Delivery)
+        .where(col(Delivery.id).in_(list(delivery_ids)))
+        .where(
+            or_(
+                col(Delivery.state) == DeliveryState.PLANNED.value,
+                and_(
+                    col(Delivery.state) == DeliveryState.SENDING.value,
+                    col(Delivery.lease_until) < now,
+                ),
+                and_(
+                    col(Delivery.state) == DeliveryState.FAILED.value,
+                    col(Delivery.retry_at).is_not(None),
+                    # An explicit send retries at once what is waiting for a retry.
+                    col(Delivery.retry_at) <= (now + dt.timedelta(days=1) if retry_now else now),
+                ),
+            )
+        )
+        .values(
+            state=DeliveryState.SENDING.value,
+            lease_until=now + dt.timedelta(seconds=settings.lease_seconds),
+            attempts=col(Delivery.attempts) + 1,
+            updated_at=now,
+            retry_at=None,
+        )
+        .returning(col(Delivery.id))
+    )
+    claimed = [row[0] for row in session.execute(statement)]
+    session.commit()
+    return claimed
+
+
+def _set_state(
+    session: Session,
+    delivery_id: int,
+    state: DeliveryState,
+    now: dt.datetime,
+    *,
+    reason: str | None = None,
+    retry_at: dt.datetime | None = None,
+) -> None:
+    values: dict[str, Any] = {
+        "state": state.value,
+        "reason": reason,
+        "updated_at": now,
+        "lease_until": None,
+        "retry_at": retry_at,
+    }
+    if state == DeliveryState.SENT:
+        values["sent_at"] = now
+    session.execute(update(Delivery).where(col(Delivery.id) == delivery_id).values(**values))
+    session.commit()
+
+
+@dataclass
+class Outgoing:
+    delivery_id: int
+    subscriber: Subscriber
+    picks: list[Pick]
+    message: EmailMessage
+    attempts: int
+    created_at: dt.datetime
+
+
+def backoff(attempt: int, base: float, cap: float = 3600.0) -> float:
+    """Exponential backoff: base, 2*base, 4*base, ... at most `cap` seconds."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def send_deliveries(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    delivery_ids: Sequence[int],
+    now: dt.datetime,
+    cache: CorpusCache | None = None,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], dt.datetime] | None = None,
+    retry_now: bool = False,
+) -> SendSummary:
+    """Claim these deliveries, rank their subscribers in one batch, render, send, record.
+
+    Idempotent: deliveries that are sent, skipped, or being sent by a live worker are left
+    alone, so a retried, duplicated or redelivered task sends nothing twice.
+    """
+    clock = clock or (lambda: now)
+    cache = cache or CorpusCache()
+    summary = SendSummary()
+    claimed = _claim(
+        session=session, delivery_ids=delivery_ids, now=now, settings=settings, retry_now=retry_now
+    )
+    if progress and len(delivery_ids) > len(claimed):
+        progress(len(delivery_ids) - len(claimed))
+    if not claimed:
+        return summary
+    rows = session.execute(
+        select(Delivery, Subscriber)
+        .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
+        .where(col(Delivery.id).in_(claimed))
+        .order_by(col(Delivery.id))
+    ).all()
+    # Items of an earlier, failed attempt are replaced by this attempt's picks.
+    session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(claimed)))
+    session.commit()
+
+    by_date: dict[dt.date, list[tuple[Delivery, Subscriber]]] = {}
+    for delivery, subscriber in rows:
+        # Unsubscribing (or a pause) between planning and sending is honoured, always.
+        reason = status_reason(subscriber) or not_due_reason(
+            window_of(subscriber), delivery.digest_date
+        )
+        if reason:
+            _set_state(session, delivery.id, DeliveryState.SKIPPED, now, reason=reason)
+            summary.skipped.append((subscriber.email, reason))
+            if progress:
+                progress(1)
+            continue
+        by_date.setdefault(delivery.digest_date, []).append((delivery, subscriber))
+
+    outgoing: list[Outgoing] = []
+    item_rows: list[dict[str, Any]] = []
+    for day, pairs in sorted(by_date.items()):
+        summary.digest_date = day
+        corpus, papers = cache.get(session=session, settings=settings, digest_date=day, now=now)
+        profiles = services.profiles_for(session=session, subscribers=[s for _, s in pairs])
+        picks_per = rank_prepared(corpus, profiles, config=services.ranking_config(settings))
+        for (delivery, subscriber), picks in zip(pairs, picks_per, strict=True):
+            if not picks:
+                reason = services.empty_reason(len(corpus.papers), settings)
+                _set_state(session, delivery.id, DeliveryState.SKIPPED, now, reason=reason)
+                summary.skipped.append((subscriber.email, reason))
+                if progress:
+                    progress(1)
+                continue
+            context = services.digest_context(
+                settings=settings,
+                subscriber=subscriber,
+                digest_date=day,
+                picks=picks,
+                papers=papers,
+            )
+            envelope = Envelope(
+                sender_name=settings.from_name,
+                sender_address=settings.from_address,
+                recipient=subscriber.email,
+                now=now,
+                message_id=delivery.message_id
+                or services.new_message_id(settings.from_address.rsplit("@", 1)[-1]),
+            )
+            message = render_digest(settings.templates_dir, context, envelope)
+            outgoing.append(
+                Outgoing(
+                    delivery.id, subscriber, picks, message, delivery.attempts, delivery.created_at
+                )
+            )
+            item_rows.extend(
+                {
+                    "delivery_id": delivery.id,
+                    "paper_id": p.paper_id,
+                    "rank": rank,
+                    "score": p.score,
+                    "why": p.why,
+                }
+                for rank, p in enumerate(picks, start=1)
+            )
+    if item_rows:
+        # Recorded before sending: a paper being sent already counts as sent to that person.
+        session.execute(insert(DeliveryItem), item_rows)
+        session.commit()
+    if outgoing:
+        _transmit(
+            session=session,
+            mailer=mailer,
+            settings=settings,
+            outgoing=outgoing,
+            summary=summary,
+            now=now,
+            progress=progress,
+            sleep=sleep,
+            clock=clock,
+        )
+    return summary
+
+
+def _transmit(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    outgoing: list[Outgoing],
+    summary: SendSummary,
+    now: dt.datetime,
+    progress: Progress | None,
+    sleep: Callable[[float], None],
+    clock: Callable[[], dt.datetime],
+) -> None:
+    pending = list(outgoing)
+    try:
+        with mailer.connect() as connection:
+            while pending:
+                item = pending.pop(0)
+                error = _send_with_retries(connection, item.message, settings, sleep)
+                if error is None:
+                    _set_state(session, item.delivery_id, DeliveryState.SENT, clock())
+                    summary.sent.append((item.subscriber.email, len(item.picks)))
+                    if item.subscriber.bounce_count:
+                        # Delivered: a run of permanent failures is over.
+                        session.execute(
+                            update(Subscriber)
+                            .where(col(Subscriber.id) == item.subscriber.id)
+                            .values(bounce_count=0)
+                        )
+                        session.commit()
+                else:
+                    _record_failure(
+                        session=session,
+                        settings=settings,
+                        item=item,
+                        error=error,
+                        summary=summary,
+                        now=clock(),
+                    )
+                if progress:
+                    progress(1)
+    except DeliveryError as exc:
+        # The server could not be reached at all (or went away for good): the rest fail for
+        # now and are retried later, nothing is lost.
+        for item in pending:
+            _record_failure(
+                session=session,
+                settings=settings,
+                item=item,
+                error=exc,
+                summary=summary,
+                now=clock(),
+            )
+            if progress:
+                progress(1)
+
+
+def _send_with_retries(
+    connection: Connection,
+    message: EmailMessage,
+    settings: Settings,
+    sleep: Callable[[float], None],
+) -> DeliveryError | None:
+    """Send one message; temporary failures are tried again a few times with backoff."""
+    last: DeliveryError | None = None
+    for attempt in range(1, settings.smtp_attempts + 1):
+        try:
+            connection.send(message)
+            return None
+        except DeliveryError as exc:
+            if exc.permanent:
+                return exc
+            last = exc
+            if attempt < settings.smtp_attempts:
+                sleep(backoff(attempt, settings.smtp_retry_base_seconds, cap=30.0))
+    return last
+
+
+def _record_failure(
+    *,
+    session: Session,
+    settings: Settings,
+    item: Outgoing,
+    error: DeliveryError,
+    summary: SendSummary,
+    now: dt.datetime,
+) -> None:
+    subscriber = item.subscriber
+    reason = str(error)
+    if error.permanent:
+        session.execute(
+            update(Subscriber)
+            .where(col(Subscriber.id) == subscriber.id)
+            .values(bounce_count=col(Subscriber.bounce_count) + 1)
+        )
+        session.commit()
+        count = session.execute(
+            select(Subscriber.bounce_count).where(col(Subscriber.id) == subscriber.id)
+        ).scalar_one()
+        if count >= settings.suppress_after_failures:
+            session.execute(
+                update(Subscriber)
+                .where(col(Subscriber.id) == subscriber.id)
+                .values(status=SubscriberStatus.SUPPRESSED.value)
+            )
+            reason += f" (address suppressed after {count} permanent failures)"
+        _set_state(session, item.delivery_id, DeliveryState.FAILED, now, reason=reason)
+        summary.failed.append((subscriber.email, reason))
+        return
+    deadline = item.created_at + dt.timedelta(hours=settings.retry_deadline_hours)
+    retry_at = now + dt.timedelta(seconds=backoff(item.attempts, 60.0))
+    if retry_at > deadline:
+        reason += f" (gave up after {item.attempts} attempts)"
+        _set_state(session, item.delivery_id, DeliveryState.FAILED, now, reason=reason)
+        summary.failed.append((subscriber.email, reason))
+        return
+    _set_state(
+        session, item.delivery_id, DeliveryState.FAILED, now, reason=reason, retry_at=retry_at
+    )
+    summary.failed.append((subscriber.email, reason))
+    summary.retry.append((item.delivery_id, retry_at))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeping
+
+
+def stuck_deliveries(*, session: Session, settings: Settings, now: dt.datetime) -> list[int]:
+    """Deliveries to queue again: planned but untouched for a while (a lost task), sending
+    under an expired lease (a dead worker), failed and due for a retry (a lost retry)."""
+    grace = now - dt.timedelta(seconds=settings.planned_grace_seconds)
+    statement = (
+        select(Delivery.id)
+        .where(
+            or_(
+                and_(
+                    col(Delivery.state) == DeliveryState.PLANNED.value,
+                    col(Delivery.updated_at) <= grace,
+                ),
+                and_(
+                    col(Delivery.state) == DeliveryState.SENDING.value,
+                    col(Delivery.lease_until) < now,
+                ),
+                and_(
+                    col(Delivery.state) == DeliveryState.FAILED.value,
+                    col(Delivery.retry_at).is_not(None),
+                    col(Delivery.retry_at) <= now,
+                ),
+            )
+        )
+        .order_by(col(Delivery.id))
+    )
+    ids = [row[0] for row in session.execute(statement)]
+    if ids:
+        # Touch the planned ones so the next sweep does not queue them again at once.
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.id).in_(ids), col(Delivery.state) == DeliveryState.PLANNED.value)
+            .values(updated_at=now)
+        )
+        session.commit()
+    return ids
+
+
+def batches(ids: Sequence[int], size: int) -> list[list[int]]:
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The synchronous path (CLI): plan, then send in batches in this process
+
+
+def send_due_digests(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    now: dt.datetime,
+    digest_date: dt.date | None = None,
+    email: str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SendSummary:
+    """Send every due digest (or one address's, or everyone's for a date) and record the run."""
+    plan = plan_deliveries(
+        session=session,
+        settings=settings,
+        now=now,
+        digest_date=digest_date,
+        email=email,
+        dry_run=dry_run,
+    )
+    summary = SendSummary(
+        digest_date=digest_date or (min(plan.dates) if plan.dates else None), dry_run=dry_run
+    )
+    summary.skipped.extend(plan.skipped)
+    if on_total:
+        on_total(len(plan.delivery_ids) + len(plan.retry_ids))
+    if dry_run:
+        summary.merge(
+            _dry_run(
+                session=session,
+                settings=settings,
+                now=now,
+                subscriber_ids=plan.delivery_ids,
+                digest_date=digest_date,
+                progress=progress,
+            )
+        )
+        return summary
+    run = Run(kind="send", started_at=now)
+    session.add(run)
+    session.commit()
+    cache = CorpusCache()
+    # An explicit send also tries again, now, what failed temporarily for these dates.
+    for batch in batches(plan.retry_ids + plan.delivery_ids, settings.send_batch_size):
+        summary.merge(
+            send_deliveries(
+                session=session,
+                mailer=mailer,
+                settings=settings,
+                delivery_ids=batch,
+                now=now,
+                cache=cache,
+                progress=progress,
+                sleep=sleep,
+                retry_now=True,
+            )
+        )
+    run.finished_at = now
+    run.status = "ok" if not summary.failed else "partial"
+    run.summary = summary.as_dict()
+    session.add(run)
+    session.commit()
+    return summary
+
+
+def _dry_run(
+    *,
+    session: Session,
+    settings: Settings,
+    now: dt.datetime,
+    subscriber_ids: list[int],
+    digest_date: dt.date | None,
+    progress: Progress | None,
+) -> SendSummary:
+    summary = SendSummary(dry_run=True)
+    subscribers = list(
+        session.execute(select(Subscriber).where(col(Subscriber.id).in_(subscriber_ids))).scalars()
+    )
+    if not subscribers:
+        return summary
+    day = digest_date or local_date(subscribers[0].timezone, now)
+    corpus, _ = CorpusCache().get(session=session, settings=settings, digest_date=day, now=now)
+    profiles = services.profiles_for(session=session, subscribers=subscribers)
+    for subscriber, picks in zip(
+        subscribers,
+        rank_prepared(corpus, profiles, config=services.ranking_config(settings)),
+        strict=True,
+    ):
+        if picks:
+            summary.sent.append((subscriber.email, len(picks)))
+        else:
+            summary.skipped.append(
+                (subscriber.email, services.empty_reason(len(corpus.papers), settings))
+            )
+        if progress:
+            progress(1)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Explaining
+
+
+def why(
+    *,
+    session: Session,
+    settings: Settings,
+    email: str,
+    now: dt.datetime,
+    digest_date: dt.date | None = None,
+) -> list[str]:
+    """What this subscriber got on a digest date, or why they got nothing, in plain lines."""
+    subscriber = services.get_subscriber(session=session, email=email)
+    if subscriber is None:
+        raise services.UserError(f"No subscriber with address {email}.")
+    day = digest_date or local_date(subscriber.timezone, now)
+    lines = [
+        f"{subscriber.email}: {subscriber.status}, {subscriber.frequency} at "
+        f"{subscriber.send_hour:02d}:00 {subscriber.timezone}; topics: "
+        f"{', '.join(subscriber.topics) or '(none)'}"
+    ]
+    if subscriber.exclude:
+        lines.append(f"excluded terms: {', '.join(subscriber.exclude)}")
+    delivery = session.execute(
+        select(Delivery).where(Delivery.subscriber_id == subscriber.id, Delivery.digest_date == day)
+    ).scalar_one_or_none()
+    if delivery is None:
+        reason = status_reason(subscriber) or not_due_reason(window_of(subscriber), day)
+        if reason is None:
+            _, reason = latest_due(
+                window_of(subscriber), now, dt.timedelta(hours=settings.catchup_hours)
+            )
+            reason = reason or "due, not planned yet (the planner runs every "
+            if reason.endswith("every "):
+                reason += f"{settings.plan_every_minutes} minutes)"
+        lines.append(f"{day.isoformat()}: nothing sent: {reason}")
+        return lines
+    head = f"{day.isoformat()}: {delivery.state}"
+    if delivery.state == DeliveryState.SENT and delivery.sent_at:
+        head += f" at {delivery.sent_at.strftime('%H:%M:%S UTC')}"
+    if delivery.reason:
+        head += f": {delivery.reason}"
+    if delivery.attempts > 1:
+        head += f" ({delivery.attempts} attempts)"
+    if delivery.retry_at:
+        head += f"; next attempt {delivery.retry_at.strftime('%Y-%m-%d %H:%M UTC')}"
+    lines.append(head)
+    items = session.execute(
+        select(DeliveryItem, Paper.title)
+        .join(Paper, col(Paper.id) == col(DeliveryItem.paper_id))
+        .where(DeliveryItem.delivery_id == delivery.id)
+        .order_by(col(DeliveryItem.rank))
+    ).all()
+    for item, title in items:
+        lines.append(f"  {item.rank:2d}. {title} — {item.why}")
+    return lines
