@@ -16,7 +16,7 @@ from sqlmodel import Session
 from digest import delivery, services
 from digest.config import Settings, get_settings
 from digest.db import create_schema, make_engine, session_scope
-from digest.mailer import FileMailer, Mailer, make_mailer
+from digest.mailer import FileMailer, Mailer, mailer_for
 from digest.models import Frequency, SubscriberStatus
 
 DEMO_EMAIL = "demo@example.com"
@@ -47,10 +47,7 @@ class App:
             yield session
 
     def mailer(self) -> Mailer:
-        s = self.settings
-        return make_mailer(
-            s.mailer, outbox_dir=s.outbox_dir, smtp_url=s.smtp_url, smtp_timeout=s.smtp_timeout
-        )
+        return mailer_for(self.settings)
 
 
 pass_app = click.make_pass_decorator(App)

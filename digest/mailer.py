@@ -7,14 +7,18 @@ import re
 import smtplib
 import ssl
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from digest.config import Settings
 
 
 class DeliveryError(Exception):
@@ -33,7 +37,7 @@ class Connection(Protocol):
 class Mailer(Protocol):
     """`with mailer.connect() as conn: conn.send(msg)` – one connection for a batch."""
 
-    def connect(self) -> Iterator[Connection]: ...
+    def connect(self) -> AbstractContextManager[Connection]: ...
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,46 @@ class SMTPConfig:
         )
 
 
+class RateLimiter:
+    """A token bucket: at most `rate` messages a second on average, bursts of `burst`."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.sleep = sleep
+        self._tokens = float(burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.sleep(wait)
+
+
 class SMTPConnection:
-    def __init__(self, config: SMTPConfig) -> None:
+    def __init__(self, config: SMTPConfig, limiter: RateLimiter | None = None) -> None:
         self.config = config
+        self.limiter = limiter
         self._smtp: smtplib.SMTP | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None and self._smtp.sock is not None
 
     def open(self) -> None:
         cfg = self.config
@@ -98,31 +138,56 @@ class SMTPConnection:
                 pass
             self._smtp = None
 
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            except OSError:
+                pass
+            self._smtp = None
+
     def send(self, message: EmailMessage) -> None:
-        # A dropped connection is reopened once per message; anything else is the caller's call.
+        """Hand one message over; DeliveryError says whether trying again can help.
+
+        A connection found closed before the message went out is reopened once.
+        """
+        if self.limiter is not None:
+            self.limiter.acquire()
         for attempt in (1, 2):
-            if self._smtp is None:
+            if not self.is_open:
                 self.open()
             assert self._smtp is not None
             try:
                 refused = self._smtp.send_message(message)
             except smtplib.SMTPServerDisconnected as exc:
-                self._smtp = None
+                self._drop()
                 if attempt == 2:
                     raise DeliveryError(f"SMTP connection lost: {exc}", permanent=False) from exc
                 continue
             except smtplib.SMTPRecipientsRefused as exc:
                 code, reason = next(iter(exc.recipients.values()))
+                self._after_error(code)
                 raise _smtp_error(code, reason) from exc
             except smtplib.SMTPResponseException as exc:
+                self._after_error(exc.smtp_code)
                 raise _smtp_error(exc.smtp_code, exc.smtp_error) from exc
             except OSError as exc:
-                self._smtp = None
+                self._drop()
                 raise DeliveryError(f"SMTP connection failed: {exc}", permanent=False) from exc
             if refused:
                 code, reason = next(iter(refused.values()))
                 raise _smtp_error(code, reason)
             return
+
+    def _after_error(self, code: int) -> None:
+        # 421: the server is closing the channel; the next message needs a new connection.
+        if code == 421:
+            self._drop()
+        elif self._smtp is not None:
+            try:
+                self._smtp.rset()
+            except (OSError, smtplib.SMTPException):
+                self._drop()
 
 
 def _smtp_error(code: int, reason: bytes | str) -> DeliveryError:
@@ -131,16 +196,41 @@ def _smtp_error(code: int, reason: bytes | str) -> DeliveryError:
 
 
 class SMTPMailer:
-    def __init__(self, config: SMTPConfig) -> None:
+    """SMTP: one connection per batch, or with `pooled` one kept open and reused across batches
+    (a long-lived worker process); an optional rate limit shared by its connections."""
+
+    def __init__(
+        self, config: SMTPConfig, limiter: RateLimiter | None = None, *, pooled: bool = False
+    ) -> None:
         self.config = config
+        self.limiter = limiter
+        self.pooled = pooled
+        self._idle: SMTPConnection | None = None
+        self._lock = threading.Lock()
 
     @contextmanager
     def connect(self) -> Iterator[SMTPConnection]:
-        connection = SMTPConnection(self.config)
-        connection.open()
+        with self._lock:
+            connection, self._idle = self._idle, None
+        if connection is None or not connection.is_open:
+            connection = SMTPConnection(self.config, self.limiter)
+            connection.open()
         try:
             yield connection
-        finally:
+        except BaseException:
+            connection.close()
+            raise
+        if self.pooled:
+            with self._lock:
+                if self._idle is None and connection.is_open:
+                    self._idle = connection
+                    return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._idle = self._idle, None
+        if connection is not None:
             connection.close()
 
 
@@ -197,11 +287,35 @@ class ConsoleMailer:
         yield ConsoleConnection(self.out or sys.stdout)
 
 
-def make_mailer(kind: str, *, outbox_dir: Path, smtp_url: str, smtp_timeout: float) -> Mailer:
+def make_mailer(
+    kind: str,
+    *,
+    outbox_dir: Path,
+    smtp_url: str,
+    smtp_timeout: float,
+    rate_per_second: float = 0.0,
+    rate_burst: int = 50,
+    pooled: bool = False,
+) -> Mailer:
     if kind == "smtp":
-        return SMTPMailer(SMTPConfig.from_url(smtp_url, timeout=smtp_timeout))
+        limiter = RateLimiter(rate_per_second, rate_burst) if rate_per_second > 0 else None
+        config = SMTPConfig.from_url(smtp_url, timeout=smtp_timeout)
+        return SMTPMailer(config, limiter, pooled=pooled)
     if kind == "file":
         return FileMailer(outbox_dir)
     if kind == "console":
         return ConsoleMailer()
     raise ValueError(f"unknown mailer {kind!r}: use smtp, file or console")
+
+
+def mailer_for(settings: Settings, *, pooled: bool = False) -> Mailer:
+    """The mailer the settings choose; `pooled` keeps an SMTP connection open between uses."""
+    return make_mailer(
+        settings.mailer,
+        outbox_dir=settings.outbox_dir,
+        smtp_url=settings.smtp_url,
+        smtp_timeout=settings.smtp_timeout,
+        rate_per_second=settings.smtp_rate_per_second,
+        rate_burst=settings.smtp_rate_burst,
+        pooled=pooled,
+    )

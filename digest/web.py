@@ -15,7 +15,7 @@ from sqlmodel import Session
 from digest import services
 from digest.config import Settings
 from digest.db import create_schema, make_engine
-from digest.mailer import DeliveryError, Mailer, make_mailer
+from digest.mailer import DeliveryError, Mailer, mailer_for
 from digest.models import Paper, Subscriber, SubscriberStatus
 from digest.schedule import local_date
 from digest.tokens import InvalidToken, Purpose, read_token
@@ -43,12 +43,7 @@ def create_app(
         engine = make_engine(settings.database_url)
         create_schema(engine)
     if mailer is None:
-        mailer = make_mailer(
-            settings.mailer,
-            outbox_dir=settings.outbox_dir,
-            smtp_url=settings.smtp_url,
-            smtp_timeout=settings.smtp_timeout,
-        )
+        mailer = mailer_for(settings)
     db_engine = engine
     outgoing = mailer
 

@@ -8,6 +8,7 @@ makes every store test run on PostgreSQL as well as SQLite.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -146,6 +147,17 @@ class SMTPSink:
     connections: int = 0
     # Called with the recipient of each RCPT; returns an SMTP reply to refuse it, or None.
     refuse_rcpt: Callable[[str], str | None] | None = None
+    # Called with the number of each DATA (1, 2, ...); returns a reply to refuse it, or None.
+    fail_data: Callable[[int], str | None] | None = None
+    # DATA numbers at which the server drops the connection without accepting the message.
+    drop_at: set[int] = field(default_factory=set)
+    # A DATA number at which the server holds the message (no reply) until `release` is set;
+    # it is then refused. `holding` is set while it waits.
+    hold_at: int | None = None
+    holding: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    data_count: int = 0
+    rcpt_attempts: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -177,6 +189,8 @@ class _Handler:
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        with self.sink.lock:
+            self.sink.rcpt_attempts[address] = self.sink.rcpt_attempts.get(address, 0) + 1
         if self.sink.refuse_rcpt is not None:
             reply = self.sink.refuse_rcpt(address)
             if reply:
@@ -185,6 +199,22 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        sink = self.sink
+        with sink.lock:
+            sink.data_count += 1
+            number = sink.data_count
+        if number in sink.drop_at:
+            server.transport.close()
+            return "421 4.4.2 connection dropped"
+        if number == sink.hold_at:
+            sink.holding.set()
+            while not sink.release.is_set():
+                await asyncio.sleep(0.05)
+            return "451 4.3.0 aborted"
+        if sink.fail_data is not None:
+            reply = sink.fail_data(number)
+            if reply:
+                return reply
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.sink.lock:
             self.sink.messages.append(
@@ -204,6 +234,7 @@ def smtp_server() -> Iterator[SMTPSink]:
     try:
         yield sink
     finally:
+        sink.release.set()
         controller.stop()
 
 
@@ -244,22 +275,11 @@ class WorkerProcess:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a worker process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(
-        {
-            "DIGEST_ENV": "test",
-            "DIGEST_SECRET_KEY": settings.secret_key,
-            "DIGEST_DATABASE_URL": settings.database_url,
-            "DIGEST_REDIS_URL": settings.redis_url,
-            "DIGEST_TASK_QUEUE": settings.task_queue,
-            "DIGEST_MAILER": settings.mailer,
-            "DIGEST_SMTP_URL": settings.smtp_url,
-            "DIGEST_OUTBOX_DIR": str(settings.outbox_dir),
-            "DIGEST_BASE_URL": settings.base_url,
-            "DIGEST_FROM_ADDRESS": settings.from_address,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    for name, value in settings.model_dump().items():
+        env[f"DIGEST_{name.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

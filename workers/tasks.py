@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from digest import delivery, services
 from digest.config import get_settings
 from digest.db import create_schema, make_engine, session_scope
-from digest.mailer import Mailer, make_mailer
+from digest.mailer import Mailer, mailer_for
 from workers.app import app
 
 # One per worker process: the prepared candidate corpus is reused across batches.
@@ -27,10 +27,7 @@ def _engine() -> Engine:
 
 @lru_cache(maxsize=1)
 def _mailer() -> Mailer:
-    s = get_settings()
-    return make_mailer(
-        s.mailer, outbox_dir=s.outbox_dir, smtp_url=s.smtp_url, smtp_timeout=s.smtp_timeout
-    )
+    return mailer_for(get_settings(), pooled=True)
 
 
 def _now() -> dt.datetime:
