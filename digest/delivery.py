@@ -13,11 +13,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection as DBConnection
 from sqlmodel import Session, col
 
 from digest import services
@@ -33,7 +33,7 @@ from digest.models import (
     SubscriberStatus,
 )
 from digest.ranking import Pick, PreparedCorpus, prepare_corpus, rank_prepared
-from digest.render import Envelope, render_digest
+from digest.render import Envelope, Mail, render_digest
 from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
 
 Progress = Callable[[int], None]
@@ -79,14 +79,17 @@ def count_reasons(items: Iterable[tuple[str, str]]) -> dict[str, int]:
     return counts
 
 
-def status_reason(subscriber: Subscriber) -> str | None:
-    if subscriber.status == SubscriberStatus.PENDING:
-        return "not confirmed yet"
-    if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
-        return "unsubscribed"
-    if subscriber.status == SubscriberStatus.SUPPRESSED:
-        return "suppressed after repeated permanent delivery failures"
-    return None
+_STATUS_REASONS = {
+    SubscriberStatus.PENDING.value: "not confirmed yet",
+    SubscriberStatus.UNSUBSCRIBED.value: "unsubscribed",
+    SubscriberStatus.SUPPRESSED.value: "suppressed after repeated permanent delivery failures",
+}
+
+
+def status_reason(subscriber: Subscriber | str) -> str | None:
+    """Why a subscriber in this status gets nothing, or None for an active one."""
+    status = subscriber if isinstance(subscriber, str) else subscriber.status
+    return _STATUS_REASONS.get(status)
 
 
 def window_of(subscriber: Subscriber) -> SendWindow:
@@ -169,7 +172,7 @@ def plan_deliveries(
     candidates: list[tuple[int, str, dt.date]] = []
     for row in session.execute(statement):
         sid, address, status = row[0], row[1], row[2]
-        reason = status_reason(Subscriber(email=address, status=status, created_at=now))
+        reason = status_reason(status)
         if reason is None:
             window = SendWindow(
                 frequency=row[3],
@@ -271,6 +274,8 @@ class CorpusCache:
         papers = services.candidate_papers(
             session=session, as_of=as_of, days=settings.candidate_days
         )
+        for paper in papers:
+            session.expunge(paper)  # kept across sessions; never expired or flushed
         papers.sort(key=lambda p: p.id)  # the same corpus ranks the same, whatever the query order
         corpus = prepare_corpus(
             [services.to_rank_paper(p) for p in papers],
@@ -331,7 +336,7 @@ def _claim(
 
 
 def _set_state(
-    session: Session,
+    session: Session | DBConnection,
     delivery_id: int,
     state: DeliveryState,
     now: dt.datetime,
@@ -357,7 +362,7 @@ class Outgoing:
     delivery_id: int
     subscriber: Subscriber
     picks: list[Pick]
-    message: EmailMessage
+    message: Mail
     attempts: int
     created_at: dt.datetime
 
@@ -385,6 +390,38 @@ def send_deliveries(
     Idempotent: deliveries that are sent, skipped, or being sent by a live worker are left
     alone, so a retried, duplicated or redelivered task sends nothing twice.
     """
+    # Objects loaded here are read after the commits below: keep them loaded, not expired.
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        return _send_deliveries(
+            session=session,
+            mailer=mailer,
+            settings=settings,
+            delivery_ids=delivery_ids,
+            now=now,
+            cache=cache,
+            progress=progress,
+            sleep=sleep,
+            clock=clock,
+            retry_now=retry_now,
+        )
+    finally:
+        session.expire_on_commit = expire
+
+
+def _send_deliveries(
+    *,
+    session: Session,
+    mailer: Mailer,
+    settings: Settings,
+    delivery_ids: Sequence[int],
+    now: dt.datetime,
+    cache: CorpusCache | None = None,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], dt.datetime] | None = None,
+    retry_now: bool = False,
+) -> SendSummary:
     clock = clock or (lambda: now)
     cache = cache or CorpusCache()
     summary = SendSummary()
@@ -497,25 +534,62 @@ def _transmit(
     clock: Callable[[], dt.datetime],
 ) -> None:
     pending = list(outgoing)
+    # Outcomes are written through a plain connection, one commit per message, right after the
+    # server answered: no ORM bookkeeping on the hot path.
+    engine = session.get_bind()
+    with engine.connect() as db:
+        if db.dialect.name == "postgresql":
+            # Each outcome is its own commit; not waiting for the WAL flush makes that cheap.
+            # A worker that dies loses nothing (the commit is in the server); only a crash of
+            # PostgreSQL itself could lose the last fraction of a second of "sent" marks, and
+            # those digests would then go out again: at-least-once in that one case.
+            db.exec_driver_sql("SET synchronous_commit TO OFF")
+            db.commit()
+        _transmit_on(
+            db,
+            mailer=mailer,
+            settings=settings,
+            pending=pending,
+            summary=summary,
+            progress=progress,
+            sleep=sleep,
+            clock=clock,
+        )
+        if db.dialect.name == "postgresql":
+            db.exec_driver_sql("RESET synchronous_commit")  # the pooled connection is shared
+            db.commit()
+
+
+def _transmit_on(
+    db: DBConnection,
+    *,
+    mailer: Mailer,
+    settings: Settings,
+    pending: list[Outgoing],
+    summary: SendSummary,
+    progress: Progress | None,
+    sleep: Callable[[float], None],
+    clock: Callable[[], dt.datetime],
+) -> None:
     try:
         with mailer.connect() as connection:
             while pending:
                 item = pending.pop(0)
                 error = _send_with_retries(connection, item.message, settings, sleep)
                 if error is None:
-                    _set_state(session, item.delivery_id, DeliveryState.SENT, clock())
+                    _set_state(db, item.delivery_id, DeliveryState.SENT, clock())
                     summary.sent.append((item.subscriber.email, len(item.picks)))
                     if item.subscriber.bounce_count:
                         # Delivered: a run of permanent failures is over.
-                        session.execute(
+                        db.execute(
                             update(Subscriber)
                             .where(col(Subscriber.id) == item.subscriber.id)
                             .values(bounce_count=0)
                         )
-                        session.commit()
+                        db.commit()
                 else:
                     _record_failure(
-                        session=session,
+                        session=db,
                         settings=settings,
                         item=item,
                         error=error,
@@ -529,7 +603,7 @@ def _transmit(
         # now and are retried later, nothing is lost.
         for item in pending:
             _record_failure(
-                session=session,
+                session=db,
                 settings=settings,
                 item=item,
                 error=exc,
@@ -542,7 +616,7 @@ def _transmit(
 
 def _send_with_retries(
     connection: Connection,
-    message: EmailMessage,
+    message: Mail,
     settings: Settings,
     sleep: Callable[[float], None],
 ) -> DeliveryError | None:
@@ -563,7 +637,7 @@ def _send_with_retries(
 
 def _record_failure(
     *,
-    session: Session,
+    session: Session | DBConnection,
     settings: Settings,
     item: Outgoing,
     error: DeliveryError,

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from digest.config import Settings
+from digest.render import Mail
 
 
 class DeliveryError(Exception):
@@ -31,7 +31,7 @@ class DeliveryError(Exception):
 
 
 class Connection(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: Mail) -> None: ...
 
 
 class Mailer(Protocol):
@@ -146,19 +146,20 @@ class SMTPConnection:
                 pass
             self._smtp = None
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: Mail) -> None:
         """Hand one message over; DeliveryError says whether trying again can help.
 
         A connection found closed before the message went out is reopened once.
         """
         if self.limiter is not None:
             self.limiter.acquire()
+        sender, recipient, payload = message.sender, message.recipient, message.data
         for attempt in (1, 2):
             if not self.is_open:
                 self.open()
             assert self._smtp is not None
             try:
-                refused = self._smtp.send_message(message)
+                refused = self._smtp.sendmail(sender, [recipient], payload)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
                 if attempt == 2:
@@ -237,10 +238,10 @@ class SMTPMailer:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 
 
-def outbox_filename(message: EmailMessage) -> str:
+def outbox_filename(message: Mail) -> str:
     """A readable, unique file name: date, recipient and a hash of the Message-ID."""
     when = parsedate_to_datetime(str(message["Date"])).strftime("%Y%m%d-%H%M%S")
-    to = _UNSAFE.sub("_", str(message["To"]))[:80]
+    to = _UNSAFE.sub("_", message.recipient)[:80]
     digest = hashlib.sha256(str(message["Message-ID"]).encode()).hexdigest()[:10]
     return f"{when}-{to}-{digest}.eml"
 
@@ -250,11 +251,11 @@ class FileConnection:
         self.directory = directory
         self.written: list[Path] = []
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: Mail) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / outbox_filename(message)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(message.as_bytes())
+        tmp.write_bytes(message.data)
         tmp.replace(path)  # atomic: a reader never sees half a message
         self.written.append(path)
 
@@ -274,7 +275,7 @@ class ConsoleConnection:
     def __init__(self, out: IO[str]) -> None:
         self.out = out
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: Mail) -> None:
         self.out.write(message.as_string() + "\n" + "=" * 72 + "\n")
 
 

@@ -194,6 +194,16 @@ class PreparedCorpus:
     prior: np.ndarray
     index: dict[str, int]
     now: dt.datetime
+    # Paper index -> indices of its near-duplicates, filled in as rankings ask (memoised).
+    _duplicates: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    def near_duplicates(self, j: int, threshold: float) -> frozenset[int]:
+        found = self._duplicates.get(j)
+        if found is None:
+            sims = (self.vectors @ self.vectors[j].T).toarray().ravel()
+            found = frozenset(np.flatnonzero(sims >= threshold).tolist()) - {j}
+            self._duplicates[j] = found
+        return found
 
 
 def prepare_corpus(
@@ -231,19 +241,7 @@ def rank_prepared(
     results: list[list[Pick]] = []
     for start in range(0, len(profiles), config.chunk_profiles):
         chunk = profiles[start : start + config.chunk_profiles]
-        results.extend(
-            _rank_chunk(
-                corpus.papers,
-                chunk,
-                corpus.now,
-                config,
-                corpus.model,
-                corpus.vectors,
-                corpus.vectors_t,
-                corpus.prior,
-                corpus.index,
-            )
-        )
+        results.extend(_rank_chunk(corpus, chunk, config))
     return results
 
 
@@ -263,16 +261,12 @@ def rank_papers(
 
 
 def _rank_chunk(
-    papers: Sequence[RankPaper],
+    corpus: PreparedCorpus,
     profiles: Sequence[Profile],
-    now: dt.datetime,
     config: RankingConfig,
-    model: TopicModel,
-    paper_vectors: sparse.csr_matrix,
-    paper_vectors_t: sparse.csr_matrix,
-    prior: np.ndarray,
-    index: dict[str, int],
 ) -> list[list[Pick]]:
+    papers, now, model = corpus.papers, corpus.now, corpus.model
+    paper_vectors_t, prior, index = corpus.vectors_t, corpus.prior, corpus.index
     # Build one query row per topic and one per liked/disliked centroid, owned by a profile.
     texts: list[str] = []
     labels: list[str] = []
@@ -350,10 +344,10 @@ def _rank_chunk(
         top = sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id))
         picks: list[int] = []
         for j in top:
-            if picks:
-                sim = paper_vectors[picks] @ paper_vectors[j].T
-                if sim.max() >= config.duplicate_similarity:
-                    continue
+            if picks and not corpus.near_duplicates(j, config.duplicate_similarity).isdisjoint(
+                picks
+            ):
+                continue
             picks.append(j)
             if len(picks) == config.top_k:
                 break

@@ -1,12 +1,16 @@
-"""Pure rendering: a context in, an EmailMessage or HTML page out, from templates/."""
+"""Pure rendering: a context in, a Mail or HTML page out, from templates/."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email import message_from_bytes, policy
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, formataddr
 from functools import lru_cache
 from pathlib import Path
 
@@ -77,21 +81,86 @@ class DigestContext:
     from_name: str
 
 
-def _message(envelope: Envelope, subject: str, text: str, html: str) -> EmailMessage:
-    for value in (subject, envelope.recipient, envelope.sender_name):
-        if "\r" in value or "\n" in value:
-            raise ValueError("line breaks are not allowed in a header")
-    message = EmailMessage()
-    message["From"] = Address(envelope.sender_name, addr_spec=envelope.sender_address)
-    message["To"] = envelope.recipient
-    message["Subject"] = subject
-    message["Date"] = format_datetime(envelope.now)
-    message["Message-ID"] = envelope.message_id
-    for name, value in envelope.extra_headers.items():
-        message[name] = value
-    message.set_content(text)
-    message.add_alternative(html, subtype="html")
-    return message
+@dataclass(frozen=True)
+class Mail:
+    """A rendered message: envelope addresses and the RFC 5322 bytes to hand to a server.
+
+    Built directly as bytes: the email package's generator costs about 1 ms a message, more than
+    everything else in rendering, which matters at 100,000 digests a day. `message()` parses it
+    back into an EmailMessage for anyone who wants the rich API.
+    """
+
+    sender: str
+    recipient: str
+    data: bytes
+
+    def message(self) -> EmailMessage:
+        parsed = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def __getitem__(self, name: str) -> str | None:
+        value = self.headers().get(name)
+        return None if value is None else str(value)
+
+    def headers(self) -> Message:
+        return BytesHeaderParser(policy=policy.default).parsebytes(self.data)
+
+    def as_bytes(self) -> bytes:
+        return self.data
+
+    def as_string(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+def _header(value: str) -> str:
+    if any(ch in value for ch in "\r\n\0"):
+        raise ValueError("line breaks are not allowed in a header")
+    if not value.isascii():
+        return Header(value, "utf-8").encode(linesep="\r\n")
+    # Long lists of <uri>s (List-Unsubscribe) are folded between items, as RFC 5322 prefers.
+    return value.replace(">, <", ">,\r\n <") if len(value) > 200 else value
+
+
+def _body_part(content_type: str, text: str) -> bytes:
+    # Text is encoded in its canonical form, with CRLF line ends (RFC 2045).
+    canonical = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    encoded = base64.encodebytes(canonical.encode("utf-8")).replace(b"\n", b"\r\n")
+    return (
+        f'Content-Type: {content_type}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + encoded
+
+
+def _message(envelope: Envelope, subject: str, text: str, html: str) -> Mail:
+    # The boundary cannot occur in base64 text ("=" is only padding, never followed by "_").
+    boundary = "=_digest_" + hashlib.sha1(envelope.message_id.encode()).hexdigest()[:24]
+    headers = [
+        ("From", formataddr((envelope.sender_name, envelope.sender_address), "utf-8")),
+        ("To", envelope.recipient),
+        ("Subject", subject),
+        ("Date", format_datetime(envelope.now)),
+        ("Message-ID", envelope.message_id),
+        *envelope.extra_headers.items(),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+    ]
+    head = "".join(f"{name}: {_header(value)}\r\n" for name, value in headers)
+    dash = f"--{boundary}\r\n".encode()
+    data = b"".join(
+        [
+            head.encode("ascii"),
+            b"\r\n",
+            dash,
+            _body_part("text/plain", text),
+            b"\r\n",
+            dash,
+            _body_part("text/html", html),
+            b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+    )
+    return Mail(sender=envelope.sender_address, recipient=envelope.recipient, data=data)
 
 
 def render_digest_html(templates_dir: Path, context: DigestContext) -> str:
@@ -99,7 +168,7 @@ def render_digest_html(templates_dir: Path, context: DigestContext) -> str:
     return env.get_template("email/digest/body.html").render(**vars(context))
 
 
-def render_digest(templates_dir: Path, context: DigestContext, envelope: Envelope) -> EmailMessage:
+def render_digest(templates_dir: Path, context: DigestContext, envelope: Envelope) -> Mail:
     env = template_environment(templates_dir)
     values = vars(context)
     subject = " ".join(env.get_template("email/digest/subject.txt").render(**values).split())
@@ -124,7 +193,7 @@ def render_confirmation(
     from_name: str,
     base_url: str,
     valid_days: int,
-) -> EmailMessage:
+) -> Mail:
     env = template_environment(templates_dir)
     values = {
         "recipient": envelope.recipient,

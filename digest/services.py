@@ -522,6 +522,8 @@ def digest_context(
     entries = []
     for pick in picks:
         paper = papers[pick.paper_id]
+        # One signed token per subscriber and paper; the vote is the last path segment.
+        feedback = _link(settings, "feedback", Purpose.FEEDBACK, {"s": sid, "p": paper.id})
         entries.append(
             DigestEntry(
                 paper_id=paper.id,
@@ -530,24 +532,20 @@ def digest_context(
                 summary=short_summary(paper.ai_summary or paper.abstract),
                 url=paper.url or f"{settings.base_url}/papers/{paper.id}",
                 why=pick.why,
-                like_url=_link(
-                    settings, "feedback", Purpose.FEEDBACK, {"s": sid, "p": paper.id, "v": 1}
-                ),
-                dislike_url=_link(
-                    settings, "feedback", Purpose.FEEDBACK, {"s": sid, "p": paper.id, "v": -1}
-                ),
+                like_url=f"{feedback}/up",
+                dislike_url=f"{feedback}/down",
             )
         )
+    unsubscribe_token = make_token(settings.secret_key, Purpose.UNSUBSCRIBE, {"s": sid})
     return DigestContext(
         recipient=subscriber.email,
         digest_date=digest_date,
         entries=entries,
         web_url=_link(settings, "digest", Purpose.VIEW, {"s": sid, "d": digest_date.isoformat()}),
         preferences_url=_link(settings, "preferences", Purpose.PREFERENCES, {"s": sid}),
-        unsubscribe_url=_link(settings, "unsubscribe", Purpose.UNSUBSCRIBE, {"s": sid}),
+        unsubscribe_url=f"{settings.base_url}/unsubscribe/{unsubscribe_token}",
         unsubscribe_mailto=(
-            f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20"
-            + make_token(settings.secret_key, Purpose.UNSUBSCRIBE, {"s": sid})
+            f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{unsubscribe_token}"
         ),
         base_url=settings.base_url,
         from_name=settings.from_name,

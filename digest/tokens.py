@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -24,8 +25,10 @@ class InvalidToken(Exception):
         self.expired = expired
 
 
+@lru_cache(maxsize=64)
 def _serializer(secret_key: str, purpose: Purpose) -> URLSafeTimedSerializer:
     # The salt binds a token to its purpose: an unsubscribe token never confirms anything.
+    # Built once per key and purpose: a digest carries a dozen signed links.
     return URLSafeTimedSerializer(secret_key, salt=f"digest.{purpose.value}")
 
 

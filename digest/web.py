@@ -225,12 +225,14 @@ def create_app(
         )
 
     @app.get("/feedback/<token>")
-    def feedback(token: str) -> tuple[str, int]:
+    @app.get("/feedback/<token>/<vote>")
+    def feedback(token: str, vote: str | None = None) -> tuple[str, int]:
         try:
             subscriber, payload = subscriber_from(Purpose.FEEDBACK, token)
         except InvalidToken as exc:
             return bad_link(exc)
-        paper_id, value = payload.get("p"), payload.get("v")
+        paper_id = payload.get("p")
+        value = {"up": 1, "down": -1}.get(vote or "", payload.get("v"))
         assert subscriber.id is not None
         if (
             not isinstance(paper_id, str)

@@ -29,24 +29,45 @@ def populate(settings, n: int, now: dt.datetime, *, hour: int | None = None):
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        services.upsert_papers(session=session, now=now, papers=[
-            make_paper(title=f"Diffusion models trick {i}",
-                       abstract=f"Diffusion models improved by trick {i}.",
-                       published=now - dt.timedelta(hours=3)) for i in range(12)])
-        session.execute(insert(Subscriber), [
-            {"email": f"s{i:05d}@example.com", "status": SubscriberStatus.ACTIVE.value,
-             "topics": ["diffusion models"], "exclude": [], "frequency": "daily",
-             "weekly_day": 0, "send_hour": now.hour if hour is None else hour,
-             "timezone": "UTC", "bounce_count": 0, "created_at": now}
-            for i in range(n)])
+        services.upsert_papers(
+            session=session,
+            now=now,
+            papers=[
+                make_paper(
+                    title=f"Diffusion models trick {i}",
+                    abstract=f"Diffusion models improved by trick {i}.",
+                    published=now - dt.timedelta(hours=3),
+                )
+                for i in range(12)
+            ],
+        )
+        session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"s{i:05d}@example.com",
+                    "status": SubscriberStatus.ACTIVE.value,
+                    "topics": ["diffusion models"],
+                    "exclude": [],
+                    "frequency": "daily",
+                    "weekly_day": 0,
+                    "send_hour": now.hour if hour is None else hour,
+                    "timezone": "UTC",
+                    "bounce_count": 0,
+                    "created_at": now,
+                }
+                for i in range(n)
+            ],
+        )
         session.commit()
     return engine
 
 
 def plan(engine, settings, now):
     with Session(engine) as session:
-        return delivery.plan_deliveries(session=session, settings=settings, now=now,
-                                        digest_date=now.date())
+        return delivery.plan_deliveries(
+            session=session, settings=settings, now=now, digest_date=now.date()
+        )
 
 
 def wait_until(predicate, timeout: float, what: str, step: float = 0.2) -> None:
@@ -72,9 +93,15 @@ def fault_settings(tmp_path, redis_url, smtp_server):
     import uuid
 
     return make_settings(
-        tmp_path, redis_url=redis_url, task_queue=f"digest-faults-{uuid.uuid4().hex[:8]}",
-        mailer="smtp", smtp_url=smtp_server.url, lease_seconds=3, planned_grace_seconds=0,
-        smtp_retry_base_seconds=0.01, send_batch_size=2000,
+        tmp_path,
+        redis_url=redis_url,
+        task_queue=f"digest-faults-{uuid.uuid4().hex[:8]}",
+        mailer="smtp",
+        smtp_url=smtp_server.url,
+        lease_seconds=3,
+        planned_grace_seconds=0,
+        smtp_retry_base_seconds=0.01,
+        send_batch_size=2000,
     )
 
 
@@ -113,7 +140,11 @@ def test_worker_killed_mid_batch_every_subscriber_gets_exactly_one_digest(
         time.sleep(fault_settings.lease_seconds + 0.5)  # the dead worker's lease runs out
         swept = fault_client.send_task("workers.tasks.sweep").get(timeout=60)
         assert swept["queued"] == 1301
-        wait_until(lambda: len(smtp_server.messages) >= 2000, 180, "2000 digests",)
+        wait_until(
+            lambda: len(smtp_server.messages) >= 2000,
+            180,
+            "2000 digests",
+        )
         time.sleep(0.5)  # anything extra would arrive now
     finally:
         second.stop()
@@ -128,7 +159,9 @@ def test_flaky_and_dropping_smtp_server_all_digests_arrive_none_twice(
     # One message in five gets 421 (closing) or 451 (try later); two connections are dropped.
     smtp_server.fail_data = lambda n: (
         ("421 4.3.2 busy, closing" if n % 10 == 0 else "451 4.3.0 try later")
-        if n % 5 == 0 else None)
+        if n % 5 == 0
+        else None
+    )
     smtp_server.drop_at = {33, 77}
     now = dt.datetime.now(dt.UTC)
     engine = populate(fault_settings, 200, now)
@@ -148,10 +181,16 @@ def test_flaky_and_dropping_smtp_server_all_digests_arrive_none_twice(
 def test_refused_addresses_fail_without_retry_and_are_suppressed_the_rest_arrive(
     tmp_path, redis_url, smtp_server
 ):
-    settings = make_settings(tmp_path, mailer="smtp", smtp_url=smtp_server.url,
-                             suppress_after_failures=2, smtp_retry_base_seconds=0.01)
-    smtp_server.refuse_rcpt = lambda a: "550 5.1.1 mailbox unknown" if a.startswith(
-        "s0000") else None  # s00000 .. s00009 do not exist
+    settings = make_settings(
+        tmp_path,
+        mailer="smtp",
+        smtp_url=smtp_server.url,
+        suppress_after_failures=2,
+        smtp_retry_base_seconds=0.01,
+    )
+    smtp_server.refuse_rcpt = lambda a: (
+        "550 5.1.1 mailbox unknown" if a.startswith("s0000") else None
+    )  # s00000 .. s00009 do not exist
     now = dt.datetime(2026, 6, 12, 9, tzinfo=dt.UTC)
     engine = populate(settings, 50, now, hour=7)
     from digest.mailer import mailer_for
@@ -160,31 +199,41 @@ def test_refused_addresses_fail_without_retry_and_are_suppressed_the_rest_arrive
     for day in range(3):
         moment = now + dt.timedelta(days=day)
         with Session(engine) as session:
-            services.upsert_papers(session=session, now=moment, papers=[
-                make_paper(title=f"Diffusion models day {day} {i}",
-                           abstract=f"Diffusion models day {day} variant {i}.",
-                           published=moment) for i in range(3)])
-            summary = delivery.send_due_digests(session=session, mailer=mailer,
-                                                settings=settings, now=moment)
+            services.upsert_papers(
+                session=session,
+                now=moment,
+                papers=[
+                    make_paper(
+                        title=f"Diffusion models day {day} {i}",
+                        abstract=f"Diffusion models day {day} variant {i}.",
+                        published=moment,
+                    )
+                    for i in range(3)
+                ],
+            )
+            summary = delivery.send_due_digests(
+                session=session, mailer=mailer, settings=settings, now=moment
+            )
         if day < 2:
             assert len(summary.sent) == 40 and len(summary.failed) == 10
             assert all("550" in reason for _, reason in summary.failed)
         else:
             assert len(summary.sent) == 40 and summary.failed == []
             assert dict(summary.skipped)["s00001@example.com"] == (
-                "suppressed after repeated permanent delivery failures")
+                "suppressed after repeated permanent delivery failures"
+            )
     # Never retried: one RCPT per refused address per day, and nothing after suppression.
     assert {a: n for a, n in smtp_server.rcpt_attempts.items() if a.startswith("s0000")} == {
-        f"s{i:05d}@example.com": 2 for i in range(10)}
+        f"s{i:05d}@example.com": 2 for i in range(10)
+    }
     counts = received_counts(smtp_server)
     assert len(counts) == 40 and set(counts.values()) == {3}
     with Session(engine) as session:
-        suppressed = session.exec(select(Subscriber).where(
-            Subscriber.status == SubscriberStatus.SUPPRESSED)).all()
-        assert sorted(s.email for s in suppressed) == [f"s{i:05d}@example.com"
-                                                        for i in range(10)]
-        failed = session.exec(select(Delivery).where(
-            Delivery.state == DeliveryState.FAILED)).all()
+        suppressed = session.exec(
+            select(Subscriber).where(Subscriber.status == SubscriberStatus.SUPPRESSED)
+        ).all()
+        assert sorted(s.email for s in suppressed) == [f"s{i:05d}@example.com" for i in range(10)]
+        failed = session.exec(select(Delivery).where(Delivery.state == DeliveryState.FAILED)).all()
         assert len(failed) == 20 and all(d.retry_at is None for d in failed)
 
 
@@ -195,8 +244,19 @@ def private_redis(tmp_path):
     if binary is None:
         service_missing("redis-server binary")
     port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(tmp_path)]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
 
     def start():
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -231,9 +291,16 @@ def _ping(client) -> bool:
 
 def test_redis_restarted_during_a_run_the_run_completes(tmp_path, private_redis, smtp_server):
     url, restart = private_redis
-    settings = make_settings(tmp_path, redis_url=url, task_queue="digest-restart",
-                             mailer="smtp", smtp_url=smtp_server.url, lease_seconds=3,
-                             planned_grace_seconds=0, send_batch_size=50)
+    settings = make_settings(
+        tmp_path,
+        redis_url=url,
+        task_queue="digest-restart",
+        mailer="smtp",
+        smtp_url=smtp_server.url,
+        lease_seconds=3,
+        planned_grace_seconds=0,
+        send_batch_size=50,
+    )
     now = dt.datetime.now(dt.UTC)
     engine = populate(settings, 1000, now)
     from workers.app import make_celery
@@ -246,6 +313,7 @@ def test_redis_restarted_during_a_run_the_run_completes(tmp_path, private_redis,
         wait_until(lambda: len(smtp_server.messages) >= 100, 120, "the first digests")
         restart()  # everything queued in Redis is gone; the store still knows what is due
         assert len(smtp_server.messages) < 1000
+
         # Beat runs the sweeper every few minutes; here we run it as soon as Redis is back.
         def swept() -> bool:
             try:
@@ -253,6 +321,7 @@ def test_redis_restarted_during_a_run_the_run_completes(tmp_path, private_redis,
                 return True
             except Exception:  # noqa: BLE001 - the connection is being re-established
                 return False
+
         wait_until(swept, 60, "the sweeper to run after the restart", step=1)
         wait_until(lambda: len(smtp_server.messages) >= 1000, 180, "all 1000 digests")
         time.sleep(0.5)

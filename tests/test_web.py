@@ -164,9 +164,11 @@ def test_forged_or_altered_unsubscribe_token_is_refused_with_a_clear_page(
 
 def test_feedback_link_records_a_vote_and_thanks(web, engine, active, db_settings):
     token = make_token(
-        db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id, "p": "2606.00001", "v": -1}
+        db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id, "p": "2606.00001"}
     )
-    r = web.test_client().get(f"/feedback/{token}")
+    client = web.test_client()
+    assert client.get(f"/feedback/{token}/sideways").status_code == 404
+    r = client.get(f"/feedback/{token}/down")
     assert r.status_code == 200 and "fewer papers like this" in r.get_data(as_text=True)
     with Session(engine) as session:
         (vote,) = session.exec(select(Feedback)).all()
