@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 from collections import Counter
 
@@ -59,20 +60,42 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sta
         writer.close()
 
 
-async def serve(host: str, port: int, stats_path: str) -> None:
+async def report(stats: Stats, live_path: str, stop: asyncio.Event) -> None:
+    last = -1
+    while not stop.is_set():
+        if stats.messages != last:
+            last = stats.messages
+            with open(live_path + ".tmp", "w") as out:
+                out.write(str(last))
+            os.replace(live_path + ".tmp", live_path)
+        await asyncio.sleep(0.05)
+
+
+async def serve(host: str, port: int, stats_path: str, live_path: str | None) -> None:
     stats = Stats()
     server = await asyncio.start_server(lambda r, w: handle(r, w, stats), host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    if live_path:
+        reporter = asyncio.create_task(report(stats, live_path, stop))
     print("ready", flush=True)
     async with server:
         await stop.wait()
+    if live_path:
+        await reporter
     duplicates = sum(1 for n in stats.recipients.values() if n > 1)
     with open(stats_path, "w") as out:
-        json.dump({"messages": stats.messages, "connections": stats.connections,
-                   "recipients": len(stats.recipients), "duplicates": duplicates}, out)
+        json.dump(
+            {
+                "messages": stats.messages,
+                "connections": stats.connections,
+                "recipients": len(stats.recipients),
+                "duplicates": duplicates,
+            },
+            out,
+        )
 
 
 def main() -> None:
@@ -80,8 +103,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats", required=True)
+    parser.add_argument("--live", help="a file kept up to date with the message count")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.stats))
+    asyncio.run(serve(args.host, args.port, args.stats, args.live))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,469 @@
+"""The whole daily job at scale, through real Celery workers on the real Redis into an SMTP sink.
+
+    python bench/e2e.py --subscribers 100000 --papers 5000
+
+Builds a fresh store (PostgreSQL by default, `--database sqlite` for a file), loads `--papers`
+real arXiv papers (from the corpus given by `--corpus`, announced within the candidate window),
+adds `--subscribers` subscribers whose send hour is now, each with one to three topics, starts
+the SMTP sink (bench/smtp_sink.py) and `--workers` Celery worker processes, then runs the planner
+task and waits until every digest reached the sink. Wall time runs from the planner task to the
+last message accepted.
+
+The baseline, measured in the same run, is a naive pipeline: a per-subscriber ranking loop (one
+profile at a time against the same prepared corpus), rendering, and one SMTP connection per
+message, recording each delivery. It runs on a sample (`--naive-sample`) and is extrapolated to
+all subscribers; the ratio is naive time over our wall time.
+
+The last line printed is one JSON object with messages_per_second, wall_seconds, peak_rss_mb,
+ratio_vs_naive and the figures behind them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_CORPUS = ROOT.parent / "shared/data/arxiv-daily/arxiv-daily-2025-03-18_2026-07-01.jsonl.gz"
+TOPICS = [
+    "diffusion models",
+    "large language models",
+    "reinforcement learning",
+    "robot learning",
+    "legged robots",
+    "graph neural networks",
+    "retrieval augmented generation",
+    "vision transformers",
+    "speech recognition",
+    "machine translation",
+    "protein structure",
+    "medical image segmentation",
+    "autonomous driving",
+    "federated learning",
+    "differential privacy",
+    "adversarial robustness",
+    "3d reconstruction",
+    "neural rendering",
+    "object detection",
+    "time series forecasting",
+    "recommender systems",
+    "code generation",
+    "mathematical reasoning",
+    "multimodal models",
+    "video generation",
+    "text to image",
+    "quantization",
+    "mixture of experts",
+    "knowledge graphs",
+    "question answering",
+    "hallucination",
+    "in-context learning",
+    "causal inference",
+    "bayesian optimization",
+    "point clouds",
+    "semantic segmentation",
+    "anomaly detection",
+    "contrastive learning",
+    "self-supervised learning",
+    "continual learning",
+    "meta learning",
+    "model compression",
+    "sparse attention",
+    "state space models",
+    "world models",
+    "embodied agents",
+    "motion planning",
+    "drug discovery",
+    "climate modeling",
+    "quantum computing",
+    "optimization theory",
+    "theorem proving",
+    "fairness",
+    "interpretability",
+    "tabular data",
+    "information retrieval",
+    "dialogue systems",
+    "sentiment analysis",
+    "named entity recognition",
+    "image captioning",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    kids = [int(x) for x in out.split()]
+    for k in list(kids):
+        kids += children(k)
+    return kids
+
+
+class PeakRSS(threading.Thread):
+    """Samples the summed RSS of a process tree until stopped."""
+
+    def __init__(self, root_pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.root_pids = root_pids
+        self.peak = 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            pids = list(self.root_pids)
+            for p in self.root_pids:
+                pids += children(p)
+            self.peak = max(self.peak, rss_mb(pids))
+            time.sleep(0.2)
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def load_papers(path: Path, count: int, now: dt.datetime, seed: int):
+    from digest.papers import PaperIn
+
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            rows.append(line)
+    rng = random.Random(seed)
+    picked = rng.sample(rows, count)
+    papers = []
+    for i, line in enumerate(picked):
+        data = json.loads(line)
+        data["first_seen"] = (now - dt.timedelta(hours=rng.uniform(1, 60))).isoformat()
+        data["upvotes"] = int(rng.paretovariate(1.5)) - 1 if i % 5 == 0 else None
+        papers.append(PaperIn.model_validate(data))
+    return papers
+
+
+def make_database(kind: str, tmp: Path) -> tuple[str, callable]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'bench.db'}", lambda: None
+    import psycopg
+
+    admin = kind
+    name = f"digest_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return admin.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def populate(settings, papers, subscribers: int, now: dt.datetime, seed: int) -> None:
+    from sqlalchemy import insert
+    from sqlmodel import Session
+
+    from digest import services
+    from digest.db import create_schema, make_engine
+    from digest.models import Subscriber
+
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    rng = random.Random(seed)
+    with Session(engine) as session:
+        services.upsert_papers(session=session, papers=papers, now=now)
+        rows = []
+        for i in range(subscribers):
+            rows.append(
+                {
+                    "email": f"reader{i:06d}@bench.example",
+                    "status": "active",
+                    "topics": rng.sample(TOPICS, rng.randint(1, 3)),
+                    "exclude": ["survey"] if i % 10 == 0 else [],
+                    "frequency": "daily",
+                    "weekly_day": 0,
+                    "send_hour": now.hour,
+                    "timezone": "UTC",
+                    "bounce_count": 0,
+                    "created_at": now,
+                }
+            )
+            if len(rows) == 10000:
+                session.execute(insert(Subscriber), rows)
+                rows = []
+        if rows:
+            session.execute(insert(Subscriber), rows)
+        session.commit()
+    engine.dispose()
+
+
+def worker_env(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    for name, value in settings.model_dump().items():
+        env[f"DIGEST_{name.upper()}"] = str(value)
+    return env
+
+
+def sink_count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
+    from workers.app import make_celery
+
+    env = worker_env(settings)
+    logs = open(tmp / "workers.log", "wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--loglevel=WARNING",
+            "--pool=prefork",
+            f"--concurrency={args.workers}",
+            "-Q",
+            settings.task_queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"bench-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
+    client = make_celery(settings)
+    try:
+        client.control.ping(timeout=1)  # warm the connection
+        deadline = time.monotonic() + 60
+        while not client.control.ping(timeout=1):
+            if time.monotonic() > deadline:
+                raise SystemExit("workers did not start")
+        monitor = PeakRSS([worker.pid])
+        monitor.start()
+        start = time.perf_counter()
+        client.send_task("workers.tasks.plan_due")
+        last, stalled_since = -1, time.monotonic()
+        while True:
+            count = sink_count(sink_live)
+            if count >= args.subscribers:
+                break
+            if count != last:
+                if int(time.monotonic()) != int(stalled_since):
+                    print(f"  ours: {count}/{args.subscribers} messages", file=sys.stderr)
+                last, stalled_since = count, time.monotonic()
+            elif time.monotonic() - stalled_since > 120:
+                raise SystemExit(f"stalled at {count} messages; see {tmp / 'workers.log'}")
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+        peak = monitor.stop()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        client.close()
+        logs.close()
+    return wall, peak
+
+
+def run_naive(settings, sample: int, port: int, now: dt.datetime) -> float:
+    """Seconds per message of the naive pipeline, measured on `sample` subscribers."""
+    import smtplib
+
+    from sqlalchemy import update
+    from sqlmodel import Session, col, select
+
+    from digest import services
+    from digest.db import make_engine
+    from digest.delivery import CorpusCache
+    from digest.models import Delivery, Subscriber
+    from digest.ranking import rank_prepared
+    from digest.render import Envelope, render_digest
+
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        subscribers = list(
+            session.exec(select(Subscriber).order_by(col(Subscriber.id)).limit(sample))
+        )
+        corpus, papers = CorpusCache().get(
+            session=session, settings=settings, digest_date=now.date(), now=now
+        )
+        config = services.ranking_config(settings)
+        start = time.perf_counter()
+        for sub in subscribers:
+            (profile,) = services.profiles_for(session=session, subscribers=[sub])
+            (picks,) = rank_prepared(corpus, [profile], config=config)
+            context = services.digest_context(
+                settings=settings,
+                subscriber=sub,
+                digest_date=now.date(),
+                picks=picks,
+                papers=papers,
+            )
+            mail = render_digest(
+                settings.templates_dir,
+                context,
+                Envelope(
+                    sender_name=settings.from_name,
+                    sender_address=settings.from_address,
+                    recipient=sub.email,
+                    now=now,
+                    message_id=f"<{uuid.uuid4().hex}@bench>",
+                ),
+            )
+            with smtplib.SMTP("127.0.0.1", port) as smtp:
+                smtp.sendmail(mail.sender, [mail.recipient], mail.data)
+            session.execute(
+                update(Delivery).where(col(Delivery.subscriber_id) == sub.id).values(reason="naive")
+            )
+            session.commit()
+        elapsed = time.perf_counter() - start
+    engine.dispose()
+    return elapsed / len(subscribers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--papers", type=int, default=5_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--database",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="an admin PostgreSQL URL (a fresh database is made), or 'sqlite'",
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--naive-sample", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    from digest.config import Settings
+
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) + dt.timedelta(
+        minutes=30
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+    database_url, drop = make_database(args.database, tmp)
+    port = free_port()
+    sink_live = tmp / "sink.count"
+    sink = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench/smtp_sink.py"),
+            "--port",
+            str(port),
+            "--stats",
+            str(tmp / "sink.json"),
+            "--live",
+            str(sink_live),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    settings = Settings(
+        env="test",
+        secret_key="bench-secret-key-0123456789abcdef",
+        database_url=database_url,
+        redis_url=args.redis,
+        task_queue=f"digest-bench-{uuid.uuid4().hex[:8]}",
+        mailer="smtp",
+        smtp_url=f"smtp://127.0.0.1:{port}",
+        send_batch_size=args.batch_size,
+        base_url="https://digest.example",
+        from_address="digest@digest.example",
+        candidate_days=3,
+    )
+    try:
+        print(
+            f"loading {args.papers} papers and {args.subscribers} subscribers ...", file=sys.stderr
+        )
+        papers = load_papers(args.corpus, args.papers, now, args.seed)
+        populate(settings, papers, args.subscribers, now, args.seed)
+        wall, peak = run_ours(settings, args, tmp, sink_live)
+        print(f"naive pipeline on {args.naive_sample} subscribers ...", file=sys.stderr)
+        naive_port = free_port()
+        naive_sink = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench/smtp_sink.py"),
+                "--port",
+                str(naive_port),
+                "--stats",
+                str(tmp / "naive.json"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert naive_sink.stdout is not None and naive_sink.stdout.readline().strip() == "ready"
+        try:
+            naive_per_message = run_naive(settings, args.naive_sample, naive_port, now)
+        finally:
+            naive_sink.terminate()
+            naive_sink.wait(30)
+    finally:
+        sink.terminate()
+        sink.wait(30)
+        drop()
+    stats = json.loads((tmp / "sink.json").read_text())
+    naive_total = naive_per_message * args.subscribers
+    result = {
+        "subscribers": args.subscribers,
+        "papers": args.papers,
+        "workers": args.workers,
+        "database": "sqlite" if args.database == "sqlite" else "postgresql",
+        "messages": stats["messages"],
+        "duplicates": stats["duplicates"],
+        "wall_seconds": round(wall, 2),
+        "messages_per_second": round(args.subscribers / wall, 1),
+        "peak_rss_mb": round(peak, 1),
+        "naive_seconds_per_message": round(naive_per_message, 5),
+        "naive_extrapolated_seconds": round(naive_total, 1),
+        "ratio_vs_naive": round(naive_total / wall, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

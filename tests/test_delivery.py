@@ -1,0 +1,142 @@
+"""Delivery pieces on their own: the rate limiter, leases and the sweeper, `digest why`."""
+
+import datetime as dt
+
+from sqlmodel import Session, select
+
+from digest import delivery, services
+from digest.mailer import FileMailer, RateLimiter
+from digest.models import Delivery, DeliveryState
+from tests.factories import NOW, make_paper
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_rate_limiter_allows_a_burst_then_paces_to_the_rate():
+    clock = FakeClock()
+    limiter = RateLimiter(rate=10, burst=3, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        limiter.acquire()
+    assert clock.slept == []  # the burst goes through at once
+    for _ in range(5):
+        limiter.acquire()
+    assert len(clock.slept) == 5 and abs(sum(clock.slept) - 0.5) < 1e-9
+    assert abs(clock.now - 0.5) < 1e-9  # 8 messages: 3 at once, then 10 a second
+
+
+def test_rate_zero_means_no_limit():
+    clock = FakeClock()
+    limiter = RateLimiter(rate=0, burst=1, clock=clock, sleep=clock.sleep)
+    for _ in range(100):
+        limiter.acquire()
+    assert clock.slept == []
+
+
+def test_backoff_doubles_up_to_a_cap():
+    assert [delivery.backoff(n, 1.0, cap=10) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
+
+
+def seed(session):
+    services.upsert_papers(
+        session=session,
+        now=NOW,
+        papers=[
+            make_paper(title="Diffusion models at scale", abstract="Diffusion models at scale."),
+            make_paper(title="Diffusion models for audio", abstract="Diffusion models for audio."),
+        ],
+    )
+
+
+def test_sweeper_finds_lost_planned_rows_and_expired_leases_not_live_ones(engine, db_settings):
+    settings = db_settings.model_copy(update={"planned_grace_seconds": 600, "lease_seconds": 60})
+    with Session(engine) as session:
+        seed(session)
+        for i in range(4):
+            services.add_subscriber(
+                session=session, email=f"s{i}@example.com", topics=["diffusion models"], now=NOW
+            )
+        plan = delivery.plan_deliveries(
+            session=session, settings=settings, now=NOW, digest_date=NOW.date()
+        )
+        ids = plan.delivery_ids
+        # Two are claimed by a worker (leased), two stay planned (their task is queued).
+        claimed = delivery._claim(session=session, delivery_ids=ids[:2], now=NOW, settings=settings)
+        assert claimed == ids[:2]
+        soon = NOW + dt.timedelta(seconds=30)
+        assert delivery.stuck_deliveries(session=session, settings=settings, now=soon) == []
+        # A duplicate task claiming them while the lease runs gets nothing: no double send.
+        assert (
+            delivery._claim(session=session, delivery_ids=ids[:2], now=soon, settings=settings)
+            == []
+        )
+        later = NOW + dt.timedelta(minutes=11)
+        assert delivery.stuck_deliveries(session=session, settings=settings, now=later) == ids
+        # The sweeper touched the planned ones: they are not queued again at once; the rows
+        # of the dead worker stay stuck until someone claims them.
+        again = later + dt.timedelta(seconds=1)
+        assert delivery.stuck_deliveries(session=session, settings=settings, now=again) == ids[:2]
+        assert (
+            delivery._claim(session=session, delivery_ids=ids, now=again, settings=settings) == ids
+        )
+
+
+def test_why_explains_what_was_sent_and_why_nothing_was(engine, db_settings):
+    with Session(engine) as session:
+        seed(session)
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
+        services.add_subscriber(
+            session=session, email="b@example.com", topics=["protein folding"], now=NOW
+        )
+        services.add_subscriber(
+            session=session,
+            email="c@example.com",
+            topics=["diffusion models"],
+            now=NOW,
+            status=services.SubscriberStatus.PENDING,
+        )
+        delivery.send_due_digests(
+            session=session,
+            mailer=FileMailer(db_settings.outbox_dir),
+            settings=db_settings,
+            now=NOW,
+            digest_date=NOW.date(),
+        )
+        a = delivery.why(
+            session=session,
+            settings=db_settings,
+            email="a@example.com",
+            now=NOW,
+            digest_date=NOW.date(),
+        )
+        b = delivery.why(
+            session=session,
+            settings=db_settings,
+            email="b@example.com",
+            now=NOW,
+            digest_date=NOW.date(),
+        )
+        c = delivery.why(
+            session=session,
+            settings=db_settings,
+            email="c@example.com",
+            now=NOW,
+            digest_date=NOW.date(),
+        )
+        (row,) = session.exec(select(Delivery).where(Delivery.state == DeliveryState.SENT))
+    assert a[1].startswith(f"{NOW.date().isoformat()}: sent at")
+    assert any("Diffusion models at scale — matches 'diffusion models'" in line for line in a)
+    assert b[1] == f"{NOW.date().isoformat()}: skipped: no new paper above the relevance threshold"
+    assert c[1] == f"{NOW.date().isoformat()}: nothing sent: not confirmed yet"
