@@ -32,7 +32,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sta
                 break
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
-                writer.write(b"250-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 33554432\r\n")
+                writer.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 33554432\r\n")
             elif verb == b"MAIL":
                 rcpts = []
                 writer.write(b"250 OK\r\n")

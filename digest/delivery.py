@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection as DBConnection
 from sqlmodel import Session, col
@@ -31,6 +31,7 @@ from digest.models import (
     Run,
     Subscriber,
     SubscriberStatus,
+    UTCDateTime,
 )
 from digest.ranking import Pick, PreparedCorpus, prepare_corpus, rank_prepared
 from digest.render import Envelope, Mail, render_digest
@@ -335,6 +336,21 @@ def _claim(
     return claimed
 
 
+# Built once: executing the same statement object reuses SQLAlchemy's compiled form.
+_SET_STATE = (
+    update(Delivery)
+    .where(col(Delivery.id) == bindparam("delivery_id"))
+    .values(
+        state=bindparam("state"),
+        reason=bindparam("reason"),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        lease_until=None,
+        retry_at=bindparam("retry_at", type_=UTCDateTime()),
+    )
+)
+_SET_SENT = _SET_STATE.values(sent_at=bindparam("now", type_=UTCDateTime()))
+
+
 def _set_state(
     session: Session | DBConnection,
     delivery_id: int,
@@ -344,16 +360,17 @@ def _set_state(
     reason: str | None = None,
     retry_at: dt.datetime | None = None,
 ) -> None:
-    values: dict[str, Any] = {
-        "state": state.value,
-        "reason": reason,
-        "updated_at": now,
-        "lease_until": None,
-        "retry_at": retry_at,
-    }
-    if state == DeliveryState.SENT:
-        values["sent_at"] = now
-    session.execute(update(Delivery).where(col(Delivery.id) == delivery_id).values(**values))
+    statement = _SET_SENT if state == DeliveryState.SENT else _SET_STATE
+    session.execute(
+        statement,
+        {
+            "delivery_id": delivery_id,
+            "state": state.value,
+            "reason": reason,
+            "now": now,
+            "retry_at": retry_at,
+        },
+    )
     session.commit()
 
 

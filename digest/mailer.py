@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from digest.config import Settings
@@ -49,6 +49,8 @@ class SMTPConfig:
     implicit_tls: bool = False  # smtps://
     starttls: bool = False
     timeout: float = 30.0
+    # RFC 2920 command pipelining: "auto" when the server offers it, "always", or "never".
+    pipelining: str = "auto"
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 30.0) -> SMTPConfig:
@@ -65,6 +67,7 @@ class SMTPConfig:
             implicit_tls=implicit,
             starttls=query.get("starttls", ["0"])[0].lower() in ("1", "true", "yes"),
             timeout=timeout,
+            pipelining=query.get("pipelining", ["auto"])[0].lower(),
         )
 
 
@@ -104,6 +107,7 @@ class SMTPConnection:
         self.config = config
         self.limiter = limiter
         self._smtp: smtplib.SMTP | None = None
+        self._pipelining = False
 
     @property
     def is_open(self) -> bool:
@@ -120,6 +124,7 @@ class SMTPConnection:
                 smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
                 if cfg.starttls:
                     smtp.starttls(context=ssl.create_default_context())
+            smtp.ehlo()
             if cfg.username:
                 smtp.login(cfg.username, cfg.password or "")
         except smtplib.SMTPAuthenticationError as exc:
@@ -129,6 +134,9 @@ class SMTPConnection:
                 f"cannot reach the SMTP server {cfg.host}:{cfg.port}: {exc}", permanent=False
             ) from exc
         self._smtp = smtp
+        self._pipelining = cfg.pipelining == "always" or (
+            cfg.pipelining == "auto" and smtp.has_extn("pipelining")
+        )
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -159,7 +167,10 @@ class SMTPConnection:
                 self.open()
             assert self._smtp is not None
             try:
-                refused = self._smtp.sendmail(sender, [recipient], payload)
+                if self._pipelining and sender.isascii() and recipient.isascii():
+                    refused = _pipelined(self._smtp, sender, recipient, payload)
+                else:
+                    refused = self._smtp.sendmail(sender, [recipient], payload)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
                 if attempt == 2:
@@ -189,6 +200,36 @@ class SMTPConnection:
                 self._smtp.rset()
             except (OSError, smtplib.SMTPException):
                 self._drop()
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> dict[str, Any]:
+    """One transaction in two round trips instead of four (RFC 2920): MAIL, RCPT and DATA
+    go out together, then the message. Raises smtplib's exceptions like sendmail does."""
+    smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
+    mail_code, mail_reply = smtp.getreply()
+    rcpt_code, rcpt_reply = smtp.getreply()
+    data_code, data_reply = smtp.getreply()
+    accepted = mail_code == 250 and rcpt_code in (250, 251)
+    if data_code == 354 and not accepted:
+        smtp.send(b".\r\n")  # the server wants a message we will not send: end it empty
+        smtp.getreply()
+    if mail_code != 250:
+        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
+    if rcpt_code not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
+    if data_code != 354:
+        raise smtplib.SMTPDataError(data_code, data_reply)
+    body = _LEADING_DOT.sub(b"..", data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    smtp.send(body + b".\r\n")
+    code, reply = smtp.getreply()
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+    return {}
 
 
 def _smtp_error(code: int, reason: bytes | str) -> DeliveryError:

@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 
 class Purpose(StrEnum):
@@ -25,11 +25,23 @@ class InvalidToken(Exception):
         self.expired = expired
 
 
+class _KeyCachingSigner(TimestampSigner):
+    """itsdangerous derives the HMAC key from secret and salt on every call; a digest signs a
+    dozen links, so derive it once per signer (same keys, same tokens)."""
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        cache = self.__dict__.setdefault("_derived", {})
+        if secret_key not in cache:
+            cache[secret_key] = super().derive_key(secret_key)
+        return cache[secret_key]  # type: ignore[no-any-return]
+
+
 @lru_cache(maxsize=64)
 def _serializer(secret_key: str, purpose: Purpose) -> URLSafeTimedSerializer:
     # The salt binds a token to its purpose: an unsubscribe token never confirms anything.
-    # Built once per key and purpose: a digest carries a dozen signed links.
-    return URLSafeTimedSerializer(secret_key, salt=f"digest.{purpose.value}")
+    return URLSafeTimedSerializer(
+        secret_key, salt=f"digest.{purpose.value}", signer=_KeyCachingSigner
+    )
 
 
 def make_token(secret_key: str, purpose: Purpose, payload: dict[str, Any]) -> str:

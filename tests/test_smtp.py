@@ -1,5 +1,6 @@
 """Digests through a real SMTP server (aiosmtpd on loopback)."""
 
+import pytest
 from sqlmodel import Session
 
 from digest import delivery, services
@@ -20,8 +21,13 @@ def test_smtp_url_parsing():
     assert (cfg.port, cfg.starttls, cfg.username) == (2525, True, None)
 
 
-def test_a_batch_of_digests_arrives_over_one_connection(engine, db_settings, smtp_server):
-    mailer = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
+@pytest.mark.parametrize("pipelining", ["never", "always"])
+def test_a_batch_of_digests_arrives_over_one_connection(
+    engine, db_settings, smtp_server, pipelining
+):
+    mailer = SMTPMailer(
+        SMTPConfig(host=smtp_server.host, port=smtp_server.port, pipelining=pipelining)
+    )
     with Session(engine) as session:
         services.upsert_papers(
             session=session,
@@ -59,11 +65,14 @@ def test_a_batch_of_digests_arrives_over_one_connection(engine, db_settings, smt
     assert len(ids) == 6
 
 
+@pytest.mark.parametrize("pipelining", ["never", "always"])
 def test_refused_recipient_is_a_permanent_failure_and_the_rest_arrive(
-    engine, db_settings, smtp_server
+    engine, db_settings, smtp_server, pipelining
 ):
     smtp_server.refuse_rcpt = lambda a: "550 5.1.1 no such user" if a.startswith("bad") else None
-    mailer = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
+    mailer = SMTPMailer(
+        SMTPConfig(host=smtp_server.host, port=smtp_server.port, pipelining=pipelining)
+    )
     with Session(engine) as session:
         services.upsert_papers(
             session=session,
@@ -98,3 +107,52 @@ def test_connection_refused_is_a_temporary_delivery_error():
             raise AssertionError("connected to a closed port")
     except DeliveryError as exc:
         assert not exc.permanent and "cannot reach" in str(exc)
+
+
+def test_pipelining_is_used_when_the_server_offers_it(tmp_path):
+    """The benchmark sink (a separate process) offers PIPELINING; messages arrive whole."""
+    import json
+    import subprocess
+    import sys
+
+    from digest.render import Envelope, _message
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    stats = tmp_path / "stats.json"
+    sink = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench/smtp_sink.py"),
+            "--port",
+            str(port),
+            "--stats",
+            str(stats),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        mailer = SMTPMailer(SMTPConfig(host="127.0.0.1", port=port))
+        with mailer.connect() as connection:
+            for i in range(3):
+                envelope = Envelope(
+                    sender_name="D",
+                    sender_address="d@x.test",
+                    recipient=f"r{i}@x.test",
+                    message_id=f"<{i}@x.test>",
+                    now=NOW,
+                )
+                connection.send(_message(envelope, "S", ".leading dot\n.\nend", "<p>h</p>"))
+            assert connection._pipelining
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        sink.stdout.close()
+    assert json.loads(stats.read_text()) == {
+        "messages": 3,
+        "connections": 1,
+        "recipients": 3,
+        "duplicates": 0,
+    }
