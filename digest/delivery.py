@@ -521,7 +521,7 @@ def _send_deliveries(
             )
     if item_rows:
         # Recorded before sending: a paper being sent already counts as sent to that person.
-        session.execute(insert(DeliveryItem), item_rows)
+        session.execute(insert(DeliveryItem.__table__), item_rows)  # type: ignore[attr-defined]
         session.commit()
     if outgoing:
         _transmit(
@@ -554,7 +554,8 @@ def _transmit(
     # Outcomes are written through a plain connection, one commit per message, right after the
     # server answered: no ORM bookkeeping on the hot path.
     engine = session.get_bind()
-    with engine.connect() as db:
+    # Autocommit: each outcome is one statement and one round trip to the database.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
         if db.dialect.name == "postgresql":
             # Each outcome is its own commit; not waiting for the WAL flush makes that cheap.
             # A worker that dies loses nothing (the commit is in the server); only a crash of

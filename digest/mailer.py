@@ -222,7 +222,9 @@ def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> 
         raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_reply)
-    body = _LEADING_DOT.sub(b"..", data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    if b"\r\n" not in data or b"\n" in data.replace(b"\r\n", b""):
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # not canonical yet
+    body = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     smtp.send(body + b".\r\n")
