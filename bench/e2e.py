@@ -241,6 +241,27 @@ def sink_count(path: Path) -> int:
         return 0
 
 
+_engines: dict[str, object] = {}
+
+
+def finished(settings) -> int:
+    """Deliveries in a final state (sent, skipped, failed without retry)."""
+    from sqlalchemy import func, select
+    from sqlmodel import Session, col
+
+    from digest.db import make_engine
+    from digest.models import Delivery
+
+    engine = _engines.setdefault(settings.database_url, make_engine(settings.database_url))
+    with Session(engine) as session:
+        return session.execute(
+            select(func.count()).select_from(Delivery).where(
+                col(Delivery.state).in_(["sent", "skipped"])
+                | ((col(Delivery.state) == "failed") & col(Delivery.retry_at).is_(None))
+            )
+        ).scalar_one()
+
+
 def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
     from workers.app import make_celery
 
@@ -283,16 +304,17 @@ def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
         client.send_task("workers.tasks.plan_due")
         last, stalled_since = -1, time.monotonic()
         while True:
-            count = sink_count(sink_live)
-            if count >= args.subscribers:
+            done = finished(settings)
+            if done >= args.subscribers:
                 break
-            if count != last:
+            if done != last:
                 if int(time.monotonic()) != int(stalled_since):
-                    print(f"  ours: {count}/{args.subscribers} messages", file=sys.stderr)
-                last, stalled_since = count, time.monotonic()
+                    print(f"  ours: {done}/{args.subscribers} digests done, "
+                          f"{sink_count(sink_live)} messages", file=sys.stderr)
+                last, stalled_since = done, time.monotonic()
             elif time.monotonic() - stalled_since > 120:
-                raise SystemExit(f"stalled at {count} messages; see {tmp / 'workers.log'}")
-            time.sleep(0.05)
+                raise SystemExit(f"stalled at {done} digests; see {tmp / 'workers.log'}")
+            time.sleep(0.1)
         wall = time.perf_counter() - start
         peak = monitor.stop()
     finally:
@@ -446,6 +468,8 @@ def main() -> None:
         sink.terminate()
         sink.wait(30)
         drop()
+    for engine in _engines.values():
+        engine.dispose()  # type: ignore[attr-defined]
     stats = json.loads((tmp / "sink.json").read_text())
     naive_total = naive_per_message * args.subscribers
     result = {
@@ -456,7 +480,8 @@ def main() -> None:
         "messages": stats["messages"],
         "duplicates": stats["duplicates"],
         "wall_seconds": round(wall, 2),
-        "messages_per_second": round(args.subscribers / wall, 1),
+        "skipped_no_relevant_paper": args.subscribers - stats["messages"],
+        "messages_per_second": round(stats["messages"] / wall, 1),
         "peak_rss_mb": round(peak, 1),
         "naive_seconds_per_message": round(naive_per_message, 5),
         "naive_extrapolated_seconds": round(naive_total, 1),
