@@ -332,17 +332,28 @@ def papers() -> None:
 def papers_import(app: App, file: Path) -> None:
     """Import a .jsonl (or .jsonl.gz) paper file; bad lines are reported, good ones kept."""
     import gzip
+    import io
 
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-        total = sum(1 for line in handle if line.strip())
-    with opener(file, "rt", encoding="utf-8") as handle, app.session() as session:  # type: ignore[operator]
-        with click.progressbar(
-            length=total, label=f"Importing {file.name}", file=sys.stderr
-        ) as bar:
+    # Progress is measured in bytes of the file as stored, so the file is read only once.
+    with file.open("rb") as raw, app.session() as session:
+        binary = gzip.GzipFile(fileobj=raw) if file.suffix == ".gz" else raw
+        with (
+            io.TextIOWrapper(binary, encoding="utf-8") as handle,
+            click.progressbar(
+                length=file.stat().st_size, label=f"Importing {file.name}", file=sys.stderr
+            ) as bar,
+        ):
+            done = 0
+
+            def progress(_papers: int) -> None:
+                nonlocal done
+                bar.update(raw.tell() - done)
+                done = raw.tell()
+
             report = services.import_papers(
-                session=session, lines=handle, now=now_utc(), progress=bar.update
+                session=session, lines=handle, now=now_utc(), progress=progress
             )
+            bar.update(file.stat().st_size - done)
     click.echo(
         f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged, "
         f"{len(report.bad_lines)} bad lines"

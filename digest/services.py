@@ -179,10 +179,12 @@ def import_papers(
     pending: list[PaperIn] = []
 
     def flush() -> None:
-        result = upsert_papers(session=session, papers=pending, now=now)
-        report.new += result.new
-        report.updated += result.updated
-        report.unchanged += result.unchanged
+        from digest.bulk import bulk_upsert_papers
+
+        new, updated, unchanged = bulk_upsert_papers(session=session, papers=pending, now=now)
+        report.new += new
+        report.updated += updated
+        report.unchanged += unchanged
         if progress:
             progress(len(pending))
         pending.clear()
