@@ -241,7 +241,74 @@ def status(app: App, limit: int) -> None:
         click.echo("No runs yet.")
     for run in runs:
         started = run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if run.kind == "ingest" and "requests" in run.summary:
+            from digest.ingestion import describe_run
+
+            first, *rest = describe_run(run)
+            click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {first}")
+            for line in rest:
+                click.echo(f"    {line}")
+            continue
         click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {json.dumps(run.summary)}")
+
+
+@main.command()
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(["hf", "arxiv", "seeds"]),
+    help="Source to ingest (repeatable; default: DIGEST_INGEST_SOURCES).",
+)
+@click.option(
+    "--date",
+    "date_text",
+    metavar="YYYY-MM-DD",
+    help="HF: that day's Daily Papers; arXiv: papers submitted that day (API). "
+    "Default: the latest HF listing and today's arXiv announcements (RSS).",
+)
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="arXiv category (repeatable; default: DIGEST_ARXIV_CATEGORIES).",
+)
+@pass_app
+def ingest(
+    app: App, sources: tuple[str, ...], date_text: str | None, categories: tuple[str, ...]
+) -> None:
+    """Fetch papers from the sources now, store them, and say what came in and why not."""
+    from digest.config import ARXIV_CATEGORY
+    from digest.ingestion import describe_run, ingest_source
+
+    for category in categories:
+        if not ARXIV_CATEGORY.match(category):
+            raise click.BadParameter(f"{category!r} is not an arXiv category like cs.LG")
+    day = _parse_date(date_text)
+    failed = False
+    with app.session() as session:
+        for source in sources or app.settings.ingest_sources:
+            if source == "arxiv":
+                click.echo(
+                    "arXiv: one request every "
+                    f"{app.settings.arxiv_delay_seconds:g} s, as its terms ask...",
+                    err=True,
+                )
+            run = ingest_source(
+                session=session,
+                settings=app.settings,
+                source=source,
+                now=now_utc(),
+                day=day,
+                categories=categories or None,
+            )
+            first, *rest = describe_run(run)
+            click.echo(f"{run.status}: {first}")
+            for line in rest:
+                click.echo(f"  {line}")
+            failed = failed or run.status == "failed"
+    if failed:
+        sys.exit(1)
 
 
 @main.group()

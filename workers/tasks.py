@@ -34,9 +34,16 @@ def _now() -> dt.datetime:
 
 
 @app.task(name="workers.tasks.ingest")
-def ingest() -> dict[str, Any]:
+def ingest(source: str | None = None, day: str | None = None) -> dict[str, Any]:
+    """Ingest one source (or every configured one); the run is recorded either way."""
     with session_scope(_engine()) as session:
-        return services.ingest(session=session, settings=get_settings(), now=_now())
+        return services.ingest(
+            session=session,
+            settings=get_settings(),
+            now=_now(),
+            source=source,
+            day=dt.date.fromisoformat(day) if day else None,
+        )
 
 
 @app.task(name="workers.tasks.plan_due")
