@@ -69,7 +69,8 @@ def parse_hf_daily(raw: bytes | str) -> ParseResult:
     except json.JSONDecodeError as exc:
         if looks_like_html(text):
             raise BadResponse(f"an HTML page instead of JSON (starts {snippet(text)!r})") from exc
-        if exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated"):
+        at_end = exc.pos >= len(text.rstrip()) - 1 and exc.msg != "Extra data"
+        if at_end or exc.msg.startswith("Unterminated"):
             raise BadResponse(
                 f"truncated JSON: the body ends at character {len(text)} mid-document"
             ) from exc
