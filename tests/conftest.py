@@ -270,9 +270,10 @@ def start_worker(
     name: str = "w1",
     concurrency: int = 1,
     pool: str = "solo",
+    extra_env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """A real `celery -A workers worker` process; returns once it is ready for tasks."""
-    env = worker_env(settings)
+    env = {**worker_env(settings), **(extra_env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(
         [

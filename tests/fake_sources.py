@@ -80,8 +80,8 @@ def _handler(sources: FakeSources) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def fake_sources() -> Iterator[FakeSources]:
+@pytest.fixture(name="fake_sources")
+def fake_sources_fixture() -> Iterator[FakeSources]:
     sources = FakeSources()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sources))
     sources.base_url = f"http://127.0.0.1:{server.server_address[1]}"
