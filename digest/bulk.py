@@ -1,13 +1,15 @@
 """Fast paper upserts for large imports: one Core multi-row INSERT for the ids the store does not
-have yet, and the ORM merge (services._merge semantics) only for the ids it already has."""
+have yet, and for the ids it has, the merge rules of services._merge applied to plain rows with
+an UPDATE only for the papers that changed (no ORM objects: they cost more than the parsing)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -80,20 +82,47 @@ def insert_new(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     return {row["id"] for row in rows}
 
 
+def merge_known(
+    session: Session, batch: dict[str, PaperIn], ids: list[str], now: dt.datetime
+) -> tuple[int, int]:
+    """(updated, unchanged): fold `batch[id]` into each stored paper, write the changed ones."""
+    from digest import services  # the merge rules live with upsert_papers
+
+    table = Paper.__table__  # type: ignore[attr-defined]
+    columns = [c.name for c in table.columns if c.name != "id"]
+    changed: list[dict[str, Any]] = []
+    unchanged = 0
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        for row in session.execute(select(table).where(table.c.id.in_(chunk))).mappings():
+            paper = SimpleNamespace(**row)
+            if services._merge(cast(Paper, paper), batch[row["id"]], now):
+                changed.append({"paper_id": row["id"], **{c: getattr(paper, c) for c in columns}})
+            else:
+                unchanged += 1
+    if changed:
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("paper_id"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        session.execute(statement, changed)
+    return len(changed), unchanged
+
+
 def bulk_upsert_papers(
     *, session: Session, papers: Iterable[PaperIn], now: dt.datetime
 ) -> tuple[int, int, int]:
-    """(new, updated, unchanged) after inserting unknown ids in bulk and merging known ones."""
-    from digest import services  # the merge rules live with upsert_papers
+    """(new, updated, unchanged) after inserting unknown ids in bulk and merging known ones.
 
+    Commits once at the end.
+    """
     batch = merge_duplicates(papers)
     stored = known_ids(session, list(batch))
     rows = [new_paper_row(p, now) for paper_id, p in batch.items() if paper_id not in stored]
     inserted = insert_new(session, rows)
+    # Known ids, and any that another writer stored between our SELECT and INSERT.
+    to_merge = [paper_id for paper_id in batch if paper_id not in inserted]
+    updated, unchanged = merge_known(session, batch, to_merge, now) if to_merge else (0, 0)
     session.commit()
-    to_merge = [paper for paper_id, paper in batch.items() if paper_id not in inserted]
-    if not to_merge:
-        return len(inserted), 0, 0
-    result = services.upsert_papers(session=session, papers=to_merge, now=now)
-    # A paper that raced in between is merged here; it was not new to this import.
-    return len(inserted) + result.new, result.updated, result.unchanged
+    return len(inserted), updated, unchanged
