@@ -136,7 +136,7 @@ def empty_reason(collected: Collected, new: int) -> str | None:
         return "the source listed no papers" + (
             f" ({'; '.join(collected.notes[:3])})" if collected.notes else ""
         )
-    return "no new papers: everything listed was already stored"
+    return "everything listed was already stored"
 
 
 def _record(run: Run, summary: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ def test_digest_ingest_then_status_say_what_came_in_and_why_not(fake_sources, tm
     fake_sources.route("/api/daily_papers", Reply(json.dumps(items).encode()))
     second = run(["ingest", "--source", "hf", "--date", "2026-06-12"], tmp_path, env).stdout
     assert "fetched 30, new 0, updated 1" in second
-    assert "no new papers: no new papers: everything listed was already stored" in second
+    assert "  no new papers: everything listed was already stored" in second
 
     weekend = run(["ingest", "--source", "arxiv", "--category", "cs.CL"], tmp_path, env).stdout
     assert "arxiv [cs.CL]: fetched 0, new 0" in weekend

@@ -88,9 +88,7 @@ def test_ingesting_recorded_hf_and_arxiv_twice_adds_nothing_the_second_time_and_
         (0, 0, 4),
         (0, 0, 5),
     ]
-    assert second[0].summary["empty_reason"] == (
-        "no new papers: everything listed was already stored"
-    )
+    assert second[0].summary["empty_reason"] == "everything listed was already stored"
     after = stored(engine)
     assert set(after) == set(before)
     for item in items[:3]:
