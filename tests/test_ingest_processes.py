@@ -116,3 +116,32 @@ def test_a_worker_process_runs_the_ingest_task(
         paper = session.get(Paper, "2606.00467")
         assert paper is not None and paper.first_seen == dt.datetime(2026, 6, 12, tzinfo=dt.UTC)
     engine.dispose()
+
+
+def test_papers_import_reads_a_gzipped_corpus_keeps_first_seen_and_reimports_nothing(tmp_path):
+    import gzip
+
+    lines = [
+        json.dumps(
+            {
+                "id": f"2606.3{i:04d}",
+                "title": f"Corpus paper {i}",
+                "summary": "An abstract.",
+                "authors": ["A B"],
+                "categories": ["cs.CL"],
+                "abs": f"https://arxiv.org/abs/2606.3{i:04d}",
+                "first_seen": "2026-06-29",
+            }
+        )
+        for i in range(3)
+    ] + ['{"title": ']
+    corpus = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    first = run(["papers", "import", str(corpus)], tmp_path)
+    assert first.stdout.strip() == "3 new, 0 updated, 0 unchanged, 1 bad lines"
+    assert "Importing corpus.jsonl.gz" in first.stderr and "line 4:" in first.stderr
+    again = run(["papers", "import", str(corpus)], tmp_path)
+    assert again.stdout.strip() == "0 new, 0 updated, 3 unchanged, 1 bad lines"
+    exported = [json.loads(x) for x in run(["papers", "export"], tmp_path).stdout.splitlines()]
+    assert [p["first_seen"] for p in exported] == ["2026-06-29T00:00:00Z"] * 3
