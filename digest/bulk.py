@@ -59,7 +59,8 @@ def known_ids(session: Session, ids: list[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(ids), _ID_CHUNK):
         chunk = ids[start : start + _ID_CHUNK]
-        found.update(session.execute(select(Paper.id).where(col(Paper.id).in_(chunk))).scalars())
+        statement = select(col(Paper.id)).where(col(Paper.id).in_(chunk))
+        found.update(session.execute(statement).scalars())
     return found
 
 
