@@ -91,12 +91,17 @@ def collect_hf(settings: Settings, *, day: dt.date | None, sleep: Sleep) -> Coll
 
 
 def collect_arxiv(
-    settings: Settings, *, day: dt.date | None, categories: Sequence[str], sleep: Sleep
+    settings: Settings,
+    *,
+    day: dt.date | None,
+    categories: Sequence[str],
+    sleep: Sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Collected:
     """RSS (today's announcements) per category, or the API by submission day with `day`."""
     collected = Collected()
     # One client, so one connection; the throttle spaces every request (retries included).
-    throttle = Throttle(settings.arxiv_delay_seconds, sleep=sleep)
+    throttle = Throttle(settings.arxiv_delay_seconds, sleep=sleep, clock=clock)
     with make_client(settings, sleep=sleep, throttle=throttle) as client:
         for category in categories:
             if day is None:
@@ -158,6 +163,7 @@ def ingest_source(
     day: dt.date | None = None,
     categories: Sequence[str] | None = None,
     sleep: Sleep = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Run:
     """Fetch one source, store what could be read, and record the run; never deletes papers."""
     from digest import services
@@ -189,7 +195,9 @@ def ingest_source(
             if source == "hf":
                 collected = collect_hf(settings, day=day, sleep=sleep)
             else:
-                collected = collect_arxiv(settings, day=day, categories=categories, sleep=sleep)
+                collected = collect_arxiv(
+                    settings, day=day, categories=categories, sleep=sleep, clock=clock
+                )
         except Exception as exc:  # a bug or an unforeseen failure: record it, keep the store
             run.status = "failed"
             run.finished_at = now
