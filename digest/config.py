@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     arxiv_api_url: str = "https://export.arxiv.org/api/query"
     arxiv_rss_url: str = "https://rss.arxiv.org/rss/"
     arxiv_page_size: int = Field(default=200, ge=1, le=2000)
+    # A scheduled ingestion whose source failed entirely is tried again this often.
+    ingest_retries: int = Field(default=3, ge=0)
+    ingest_retry_seconds: int = Field(default=900, ge=1)
     # arXiv's terms: one request every 3 seconds, one connection at a time.
     arxiv_delay_seconds: float = Field(default=3.0, ge=3.0)
     http_timeout: float = Field(default=30.0, gt=0)

@@ -1158,7 +1158,7 @@ def ingest(
     source: str | None = None,
     day: dt.date | None = None,
     categories: Sequence[str] | None = None,
-) -> dict[str, object]:
+) -> dict[str, list[dict[str, object]]]:
     """One recorded ingestion run per source (`source`, or every configured one).
 
     Each run says what it fetched, what was new or updated, what was bad and, when nothing was

@@ -7,10 +7,10 @@ import datetime as dt
 import json
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from digest.db import create_schema, make_engine
-from digest.models import Paper
+from digest.models import Paper, Run
 from tests.conftest import start_worker
 from tests.fake_sources import Reply, fake_sources_fixture, fixture_bytes  # noqa: F401
 from tests.test_cli import run
@@ -145,3 +145,33 @@ def test_papers_import_reads_a_gzipped_corpus_keeps_first_seen_and_reimports_not
     assert again.stdout.strip() == "0 new, 0 updated, 3 unchanged, 1 bad lines"
     exported = [json.loads(x) for x in run(["papers", "export"], tmp_path).stdout.splitlines()]
     assert [p["first_seen"] for p in exported] == ["2026-06-29T00:00:00Z"] * 3
+
+
+@pytest.mark.integration
+def test_a_worker_tries_a_source_that_was_down_again_later(
+    tmp_path, fake_sources, celery_settings, celery_client
+):
+    fake_sources.route(
+        "/api/daily_papers",
+        Reply(b"<html>busy</html>", 503, "text/html"),
+        Reply(fixture_bytes(HF_JUNE)),
+    )
+    extra = source_env(fake_sources, tmp_path)
+    extra.pop("DIGEST_DATABASE_URL")
+    extra.update({"DIGEST_HTTP_RETRIES": "0", "DIGEST_INGEST_RETRY_SECONDS": "1"})
+    worker = start_worker(celery_settings, tmp_path / "worker.log", extra_env=extra)
+    try:
+        result = celery_client.send_task("workers.tasks.ingest", kwargs={"source": "hf"}).get(
+            timeout=60
+        )
+    finally:
+        worker.stop()
+    (summary,) = result["runs"]
+    assert (summary["status"], summary["new"]) == ("ok", 30)
+    assert len(fake_sources.requests) == 2
+    engine = make_engine(celery_settings.database_url)
+    with Session(engine) as session:
+        runs = session.exec(select(Run).order_by(col(Run.id))).all()
+        assert [(r.status, r.summary["new"]) for r in runs] == [("failed", 0), ("ok", 30)]
+        assert "HTTP 503" in runs[0].summary["errors"][0]
+    engine.dispose()
