@@ -264,7 +264,74 @@ def status(app: App, limit: int) -> None:
         click.echo("No runs yet.")
     for run in runs:
         started = run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if run.kind == "ingest" and "requests" in run.summary:
+            from digest.ingestion import describe_run
+
+            first, *rest = describe_run(run)
+            click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {first}")
+            for line in rest:
+                click.echo(f"    {line}")
+            continue
         click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {json.dumps(run.summary)}")
+
+
+@main.command()
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(["hf", "arxiv", "seeds"]),
+    help="Source to ingest (repeatable; default: DIGEST_INGEST_SOURCES).",
+)
+@click.option(
+    "--date",
+    "date_text",
+    metavar="YYYY-MM-DD",
+    help="HF: that day's Daily Papers; arXiv: papers submitted that day (API). "
+    "Default: the latest HF listing and today's arXiv announcements (RSS).",
+)
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="arXiv category (repeatable; default: DIGEST_ARXIV_CATEGORIES).",
+)
+@pass_app
+def ingest(
+    app: App, sources: tuple[str, ...], date_text: str | None, categories: tuple[str, ...]
+) -> None:
+    """Fetch papers from the sources now, store them, and say what came in and why not."""
+    from digest.config import ARXIV_CATEGORY
+    from digest.ingestion import describe_run, ingest_source
+
+    for category in categories:
+        if not ARXIV_CATEGORY.match(category):
+            raise click.BadParameter(f"{category!r} is not an arXiv category like cs.LG")
+    day = _parse_date(date_text)
+    failed = False
+    with app.session() as session:
+        for source in sources or app.settings.ingest_sources:
+            if source == "arxiv":
+                click.echo(
+                    "arXiv: one request every "
+                    f"{app.settings.arxiv_delay_seconds:g} s, as its terms ask...",
+                    err=True,
+                )
+            run = ingest_source(
+                session=session,
+                settings=app.settings,
+                source=source,
+                now=now_utc(),
+                day=day,
+                categories=categories or None,
+            )
+            first, *rest = describe_run(run)
+            click.echo(f"{run.status}: {first}")
+            for line in rest:
+                click.echo(f"  {line}")
+            failed = failed or run.status == "failed"
+    if failed:
+        sys.exit(1)
 
 
 @main.group()
@@ -355,17 +422,28 @@ def papers() -> None:
 def papers_import(app: App, file: Path) -> None:
     """Import a .jsonl (or .jsonl.gz) paper file; bad lines are reported, good ones kept."""
     import gzip
+    import io
 
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-        total = sum(1 for line in handle if line.strip())
-    with opener(file, "rt", encoding="utf-8") as handle, app.session() as session:  # type: ignore[operator]
-        with click.progressbar(
-            length=total, label=f"Importing {file.name}", file=sys.stderr
-        ) as bar:
+    # Progress is measured in bytes of the file as stored, so the file is read only once.
+    with file.open("rb") as raw, app.session() as session:
+        binary = gzip.GzipFile(fileobj=raw) if file.suffix == ".gz" else raw
+        with (
+            io.TextIOWrapper(binary, encoding="utf-8") as handle,
+            click.progressbar(
+                length=file.stat().st_size, label=f"Importing {file.name}", file=sys.stderr
+            ) as bar,
+        ):
+            done = 0
+
+            def progress(_papers: int) -> None:
+                nonlocal done
+                bar.update(raw.tell() - done)
+                done = raw.tell()
+
             report = services.import_papers(
-                session=session, lines=handle, now=now_utc(), progress=bar.update
+                session=session, lines=handle, now=now_utc(), progress=progress
             )
+            bar.update(file.stat().st_size - done)
     click.echo(
         f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged, "
         f"{len(report.bad_lines)} bad lines"

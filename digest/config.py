@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
+ARXIV_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 
 
 class Settings(BaseSettings):
@@ -77,8 +79,43 @@ class Settings(BaseSettings):
     # Celery: seconds before an unacknowledged task of a dead worker is delivered again.
     visibility_timeout: int = Field(default=3600, ge=1)
 
+    # Paper sources (digest/sources/). Lists are comma-separated in the environment.
+    ingest_sources: Annotated[list[Literal["hf", "arxiv", "seeds"]], NoDecode] = ["hf"]
+    arxiv_categories: Annotated[list[str], NoDecode] = ["cs.LG", "cs.CL", "cs.AI", "cs.CV"]
+    hf_daily_papers_url: str = "https://huggingface.co/api/daily_papers"
+    hf_page_size: int = Field(default=100, ge=1, le=100)
+    arxiv_api_url: str = "https://export.arxiv.org/api/query"
+    arxiv_rss_url: str = "https://rss.arxiv.org/rss/"
+    arxiv_page_size: int = Field(default=200, ge=1, le=2000)
+    # A scheduled ingestion whose source failed entirely is tried again this often.
+    ingest_retries: int = Field(default=3, ge=0)
+    ingest_retry_seconds: int = Field(default=900, ge=1)
+    # arXiv's terms: one request every 3 seconds, one connection at a time.
+    arxiv_delay_seconds: float = Field(default=3.0, ge=3.0)
+    http_timeout: float = Field(default=30.0, gt=0)
+    http_retries: int = Field(default=4, ge=0, le=10)
+    http_backoff_seconds: float = Field(default=2.0, ge=0)
+    http_max_wait_seconds: float = Field(default=120.0, ge=0)
+    # Sources ask that clients name themselves; operators should append a contact address.
+    http_user_agent: str = "digest/0.1 (self-hosted research-paper digest; python-requests)"
+
     # Token lifetimes (seconds).
     confirm_max_age: int = 3 * 24 * 3600
+
+    @field_validator("ingest_sources", "arxiv_categories", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("arxiv_categories", mode="after")
+    @classmethod
+    def _arxiv_categories(cls, value: list[str]) -> list[str]:
+        for category in value:
+            if not ARXIV_CATEGORY.match(category):
+                raise ValueError(f"{category!r} is not an arXiv category like cs.LG")
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

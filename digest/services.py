@@ -176,10 +176,12 @@ def import_papers(
     pending: list[PaperIn] = []
 
     def flush() -> None:
-        result = upsert_papers(session=session, papers=pending, now=now)
-        report.new += result.new
-        report.updated += result.updated
-        report.unchanged += result.unchanged
+        from digest.bulk import bulk_upsert_papers
+
+        new, updated, unchanged = bulk_upsert_papers(session=session, papers=pending, now=now)
+        report.new += new
+        report.updated += updated
+        report.unchanged += unchanged
         if progress:
             progress(len(pending))
         pending.clear()
@@ -730,21 +732,31 @@ def update_preferences(
     return subscriber
 
 
-def ingest(*, session: Session, settings: Settings, now: dt.datetime) -> dict[str, object]:
-    """The daily ingestion, recorded as a run. Offline it (re)loads the bundled seed papers."""
-    run = Run(kind="ingest", started_at=now)
-    session.add(run)
-    session.commit()
-    report = load_seeds(session=session, settings=settings, now=now)
-    run.summary = {
-        "source": "seeds",
-        "fetched": report.read,
-        "new": report.new,
-        "updated": report.updated,
-        "errors": [f"line {b.line_number}: {b.error}" for b in report.bad_lines],
-    }
-    run.status = "ok" if not report.bad_lines else "partial"
-    run.finished_at = now
-    session.add(run)
-    session.commit()
-    return dict(run.summary)
+def ingest(
+    *,
+    session: Session,
+    settings: Settings,
+    now: dt.datetime,
+    source: str | None = None,
+    day: dt.date | None = None,
+    categories: Sequence[str] | None = None,
+) -> dict[str, list[dict[str, object]]]:
+    """One recorded ingestion run per source (`source`, or every configured one).
+
+    Each run says what it fetched, what was new or updated, what was bad and, when nothing was
+    new, why (see digest.ingestion). A failed fetch stores nothing and deletes nothing.
+    """
+    from digest.ingestion import ingest_source
+
+    runs = []
+    for name in [source] if source else settings.ingest_sources:
+        run = ingest_source(
+            session=session,
+            settings=settings,
+            source=name,
+            now=now,
+            day=day,
+            categories=categories,
+        )
+        runs.append({"run": run.id, "status": run.status, **run.summary})
+    return {"runs": runs}

@@ -278,7 +278,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a worker process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     for name, value in settings.model_dump().items():
-        env[f"DIGEST_{name.upper()}"] = str(value)
+        # Lists are comma-separated in the environment, as Settings reads them.
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        env[f"DIGEST_{name.upper()}"] = text
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -290,9 +292,10 @@ def start_worker(
     name: str = "w1",
     concurrency: int = 1,
     pool: str = "solo",
+    extra_env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """A real `celery -A workers worker` process; returns once it is ready for tasks."""
-    env = worker_env(settings)
+    env = {**worker_env(settings), **(extra_env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(
         [
@@ -321,6 +324,7 @@ def start_worker(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            worker.stop()
             raise AssertionError(f"worker exited early:\n{worker.log()}")
         if "ready." in worker.log():
             return worker

@@ -52,9 +52,9 @@ def test_beat_runs_ingest_before_the_morning_and_plans_every_few_minutes(setting
     from workers.schedule import beat_schedule
 
     schedule = beat_schedule(settings)
-    ingest = schedule["ingest-papers"]["schedule"]
+    ingest = schedule["ingest-hf"]["schedule"]
     plan = schedule["send-due-digests"]["schedule"]
-    assert schedule["ingest-papers"]["task"] == "workers.tasks.ingest"
+    assert schedule["ingest-hf"]["task"] == "workers.tasks.ingest"
     assert schedule["send-due-digests"]["task"] == "workers.tasks.plan_due"
     assert ingest.hour == {settings.ingest_hour_utc} and ingest.minute == {0}
     assert plan.minute == set(range(0, 60, settings.plan_every_minutes))

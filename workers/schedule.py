@@ -10,11 +10,18 @@ from digest.config import Settings
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {
-        "ingest-papers": {
+    # One entry per configured source, so one source being down does not hold up the others
+    # and each gets its own run record.
+    ingest = {
+        f"ingest-{source}": {
             "task": "workers.tasks.ingest",
             "schedule": crontab(hour=str(settings.ingest_hour_utc), minute="0"),
-        },
+            "kwargs": {"source": source},
+        }
+        for source in settings.ingest_sources
+    }
+    return {
+        **ingest,
         # Each subscriber has their own send hour and time zone: look every few minutes for
         # those whose hour has come and who have no delivery for their local date yet.
         "send-due-digests": {

@@ -40,10 +40,26 @@ def _enqueue(delivery_ids: list[int]) -> int:
     return len(delivery_ids)
 
 
-@app.task(name="workers.tasks.ingest")
-def ingest() -> dict[str, Any]:
+@app.task(name="workers.tasks.ingest", bind=True)
+def ingest(self: Any, source: str | None = None, day: str | None = None) -> dict[str, Any]:
+    """Ingest one source (or every configured one); the run is recorded either way.
+
+    A source that failed entirely (down, rate-limited) is tried again a little later, so a
+    short outage at ingest time does not leave the morning's digests without its papers.
+    """
+    settings = get_settings()
     with session_scope(_engine()) as session:
-        return services.ingest(session=session, settings=get_settings(), now=_now())
+        result = services.ingest(
+            session=session,
+            settings=settings,
+            now=_now(),
+            source=source,
+            day=dt.date.fromisoformat(day) if day else None,
+        )
+    failed = [run for run in result["runs"] if run["status"] == "failed"]
+    if source and failed and self.request.retries < settings.ingest_retries:
+        raise self.retry(countdown=settings.ingest_retry_seconds)
+    return result
 
 
 @app.task(name="workers.tasks.plan_due")
