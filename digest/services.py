@@ -351,34 +351,46 @@ def request_subscription(
     topics: Sequence[str],
     now: dt.datetime,
     exclude: Sequence[str] = (),
+    frequency: str | None = None,
+    weekly_day: int | None = None,
+    send_hour: int | None = None,
+    timezone: str | None = None,
 ) -> None:
     """Double opt-in, step one: store a pending subscriber and mail a signed confirmation link.
 
-    The same happens whether or not the address is known, so the response reveals nothing.
+    The same happens whether or not the address is known, so the response reveals nothing:
+    both paths validate, write one row in one commit, render and send one confirmation.
     """
     address = normalize_email(email)
     topics = clean_terms(topics)
     exclude = clean_terms(exclude, "excluded term")
     if not topics:
         raise UserError("Please give at least one topic.")
+    schedule = clean_schedule(
+        frequency=frequency or Frequency.DAILY.value,
+        weekly_day=0 if weekly_day is None else weekly_day,
+        send_hour=settings.default_send_hour if send_hour is None else send_hour,
+        timezone=timezone or settings.default_timezone,
+    )
     subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
     if subscriber is None:
         subscriber = Subscriber(
-            email=address,
-            created_at=now,
-            topics=topics,
-            exclude=exclude,
-            send_hour=settings.default_send_hour,
-            timezone=settings.default_timezone,
+            email=address, created_at=now, topics=topics, exclude=exclude, **schedule
         )
         session.add(subscriber)
         session.commit()
-        session.refresh(subscriber)
-    # Topics of an existing subscriber change only once the new request is confirmed.
+    else:
+        # A write of the same size as the insert above, so that a known address costs what an
+        # unknown one does (same timing class). Its topics and schedule change only once the
+        # new request is confirmed.
+        session.execute(
+            update(Subscriber).where(col(Subscriber.id) == subscriber.id).values(email=address)
+        )
+        session.commit()
     token = make_token(
         settings.secret_key,
         Purpose.CONFIRM,
-        {"s": subscriber.id, "topics": topics, "exclude": exclude},
+        {"s": subscriber.id, "topics": topics, "exclude": exclude, "schedule": schedule},
     )
     message = render_confirmation(
         settings.templates_dir,
@@ -390,6 +402,34 @@ def request_subscription(
     )
     with mailer.connect() as connection:
         connection.send(message)
+
+
+def clean_schedule(
+    *, frequency: str, weekly_day: int, send_hour: int, timezone: str
+) -> dict[str, object]:
+    """A validated schedule (the Subscriber fields), or a UserError saying what is wrong."""
+    for value in (frequency, timezone):
+        if any(ch in str(value) for ch in "\r\n\0"):
+            raise UserError("A frequency or time zone cannot contain line breaks.")
+    if frequency not in (Frequency.DAILY, Frequency.WEEKLY):
+        raise UserError("Frequency must be daily or weekly.")
+    if not isinstance(weekly_day, int) or not 0 <= weekly_day <= 6:
+        raise UserError("Choose a day of the week from the list.")
+    if not isinstance(send_hour, int) or not 0 <= send_hour <= 23:
+        raise UserError("The send hour must be between 0 and 23.")
+    timezone = str(timezone).strip()
+    if len(timezone) > 64:
+        raise UserError("That time zone name is too long; use a name like Europe/Paris.")
+    try:
+        zone(timezone)
+    except ValueError as exc:
+        raise UserError(f"Unknown time zone {timezone!r}; use a name like Europe/Paris.") from exc
+    return {
+        "frequency": str(frequency),
+        "weekly_day": weekly_day,
+        "send_hour": send_hour,
+        "timezone": timezone,
+    }
 
 
 def confirm_subscription(
@@ -405,6 +445,10 @@ def confirm_subscription(
         subscriber.topics = clean_terms(str(t) for t in topics)
     if isinstance(exclude, list):
         subscriber.exclude = clean_terms((str(t) for t in exclude), "excluded term")
+    schedule = payload.get("schedule")
+    if isinstance(schedule, dict):
+        for name, value in clean_schedule(**schedule).items():
+            setattr(subscriber, name, value)
     subscriber.status = SubscriberStatus.ACTIVE.value
     subscriber.confirmed_at = now
     subscriber.unsubscribed_at = None
@@ -1166,3 +1210,13 @@ def ingest(*, session: Session, settings: Settings, now: dt.datetime) -> dict[st
     session.add(run)
     session.commit()
     return dict(run.summary)
+
+
+def topic_suggestions(*, session: Session, limit: int = 24, recent: int = 3000) -> list[str]:
+    """Phrases that recur across the most recently seen papers, for the subscribe page."""
+    from digest.suggestions import suggest_topics
+
+    rows = session.exec(
+        select(Paper.title, Paper.ai_keywords).order_by(col(Paper.first_seen).desc()).limit(recent)
+    )
+    return suggest_topics(((title, keywords or []) for title, keywords in rows), limit=limit)
