@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 from zoneinfo import available_timezones
 
@@ -50,14 +52,18 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 SUGGESTIONS_TTL = dt.timedelta(minutes=10)
 
 
+@lru_cache(maxsize=1)
+def _timezone_names() -> list[str]:
+    return sorted(z for z in available_timezones() if "/" in z or z == "UTC")
+
+
 def _form_int(value: str | None, default: int, what: str) -> int:
-    text = (value or "").strip()
-    if not text:
+    if not value:
         return default
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise services.UserError(f"The {what} must be chosen from the list.") from exc
+    # Digits only: no spaces, signs other than '-', or line breaks sneak through int().
+    if not re.fullmatch(r"-?[0-9]{1,3}", value):
+        raise services.UserError(f"The {what} must be chosen from the list.")
+    return int(value)
 
 
 def create_app(
@@ -184,7 +190,7 @@ def create_app(
         )
 
     suggestion_cache: dict[str, Any] = {}
-    timezones = sorted(z for z in available_timezones() if "/" in z or z == "UTC")
+    timezones = _timezone_names()
 
     def topic_suggestions() -> list[str]:
         now = clock()
