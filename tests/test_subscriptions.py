@@ -3,8 +3,12 @@ opt-in that expires and reveals nothing, nothing sent before confirmation, rate 
 web app that refuses the default secret key outside development."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import uuid
 from email import message_from_bytes, policy
+from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
@@ -17,9 +21,12 @@ from digest.mailer import FileMailer, SMTPConfig, SMTPMailer
 from digest.models import SubscriberStatus
 from digest.suggestions import suggest_topics
 from digest.web import InsecureSecretKey, create_app
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.factories import NOW, make_paper
+from tests.test_cli import run
 from tests.test_web import csrf_from, link_in, subscribers
+
+WAITRESS = str(Path(sys.executable).parent / "waitress-serve")
 
 
 def smtp_app(settings, engine, smtp_server, **overrides):
@@ -319,3 +326,33 @@ def test_web_app_refuses_the_default_secret_key_outside_development(tmp_path, en
     assert not (tmp_path / "digest.db").exists()
     dev = settings.model_copy(update={"env": "development"})
     assert create_app(dev).config["SECRET_KEY"] == DEV_SECRET_KEY
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ("test", "refusing to start with the default DIGEST_SECRET_KEY (DIGEST_ENV=test)"),
+        ("production", "DIGEST_SECRET_KEY must be set to a long random value"),
+    ],
+)
+def test_digest_serve_and_the_wsgi_entry_point_refuse_the_default_secret_key(
+    tmp_path, env, message
+):
+    port = str(free_port())
+    served = run(
+        ["serve", "--port", port], cwd=tmp_path, env_extra={"DIGEST_ENV": env}, check=False
+    )
+    assert served.returncode == 1 and message in served.stderr, served.stderr
+    wsgi = subprocess.run(
+        [WAITRESS, "--port", port, "--call", "digest.web:wsgi_app"],
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")},
+            "DIGEST_ENV": env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wsgi.returncode != 0 and message in wsgi.stderr, wsgi.stderr
+    assert not (tmp_path / "digest.db").exists()  # refused before touching any store
