@@ -384,7 +384,9 @@ def request_subscription(
         # unknown one does (same timing class). Its topics and schedule change only once the
         # new request is confirmed.
         session.execute(
-            update(Subscriber).where(col(Subscriber.id) == subscriber.id).values(email=address)
+            update(Subscriber)
+            .where(col(Subscriber.id) == subscriber.id)
+            .values(bounce_count=Subscriber.bounce_count)
         )
         session.commit()
     token = make_token(
