@@ -16,6 +16,8 @@ from flask import Flask, abort, g, render_template, request, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from limits.errors import StorageError
+from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from werkzeug.exceptions import TooManyRequests
@@ -186,6 +188,18 @@ def create_app(
             "Too many subscription requests came from your network or for this address. "
             "Nothing was sent. Please try again later.",
             status=429,
+            kind="error",
+        )
+
+    @app.errorhandler(RedisError)
+    @app.errorhandler(StorageError)
+    def _limits_unavailable(exc: Exception) -> tuple[str, int]:
+        # Fail closed: without its counters the form could be used to bomb an inbox.
+        app.logger.error("rate-limit storage unavailable: %s", exc)
+        return page(
+            "Try again later",
+            "We cannot take subscriptions just now. Nothing was sent; please try again later.",
+            status=503,
             kind="error",
         )
 

@@ -309,6 +309,16 @@ def test_limits_are_shared_through_redis_across_web_processes(
     assert len(smtp_server.to("r@example.com")) == 2
 
 
+def test_subscribe_fails_closed_when_the_limit_storage_is_unreachable(
+    tmp_path, engine, smtp_server
+):
+    settings = make_settings(tmp_path, rate_limit_storage_url=f"redis://127.0.0.1:{free_port()}/0")
+    client = smtp_app(settings, engine, smtp_server).test_client()
+    r = post_subscribe(client, email="down@example.com")
+    assert r.status_code == 503 and "Nothing was sent" in r.get_data(as_text=True)
+    assert subscribers(engine) == {} and smtp_server.messages == []
+
+
 def test_bad_rate_limit_settings_are_refused_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="is not a rate limit like"):
         make_settings(tmp_path, subscribe_limit_per_address="three a day")
