@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TypedDict
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, update
@@ -406,9 +407,14 @@ def request_subscription(
         connection.send(message)
 
 
-def clean_schedule(
-    *, frequency: str, weekly_day: int, send_hour: int, timezone: str
-) -> dict[str, object]:
+class Schedule(TypedDict):
+    frequency: str
+    weekly_day: int
+    send_hour: int
+    timezone: str
+
+
+def clean_schedule(*, frequency: str, weekly_day: int, send_hour: int, timezone: str) -> Schedule:
     """A validated schedule (the Subscriber fields), or a UserError saying what is wrong."""
     for value in (frequency, timezone):
         if any(ch in str(value) for ch in "\r\n\0"):
@@ -426,12 +432,9 @@ def clean_schedule(
         zone(timezone)
     except ValueError as exc:
         raise UserError(f"Unknown time zone {timezone!r}; use a name like Europe/Paris.") from exc
-    return {
-        "frequency": str(frequency),
-        "weekly_day": weekly_day,
-        "send_hour": send_hour,
-        "timezone": timezone,
-    }
+    return Schedule(
+        frequency=str(frequency), weekly_day=weekly_day, send_hour=send_hour, timezone=timezone
+    )
 
 
 def confirm_subscription(
@@ -449,7 +452,11 @@ def confirm_subscription(
         subscriber.exclude = clean_terms((str(t) for t in exclude), "excluded term")
     schedule = payload.get("schedule")
     if isinstance(schedule, dict):
-        for name, value in clean_schedule(**schedule).items():
+        try:
+            checked = clean_schedule(**schedule)
+        except (TypeError, UserError):
+            checked = None  # a link from another version: confirm, keep the stored schedule
+        for name, value in (checked or {}).items():
             setattr(subscriber, name, value)
     subscriber.status = SubscriberStatus.ACTIVE.value
     subscriber.confirmed_at = now
