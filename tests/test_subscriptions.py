@@ -293,6 +293,31 @@ def test_one_client_cannot_subscribe_address_after_address(engine, db_settings, 
     assert post_subscribe(client, ip="192.0.2.1", email="a9@example.com").status_code == 200
 
 
+@pytest.mark.parametrize("hops", [0, 1])
+def test_forwarded_for_is_trusted_only_behind_a_configured_proxy(
+    engine, db_settings, smtp_server, hops
+):
+    client = smtp_app(
+        db_settings,
+        engine,
+        smtp_server,
+        subscribe_limit_per_client="2/hour",
+        trusted_proxy_hops=hops,
+    ).test_client()
+
+    def post(n):
+        page = client.get("/").get_data(as_text=True)
+        return client.post(
+            "/subscribe",
+            data={"csrf_token": csrf_from(page), "email": f"f{n}@example.com", "topics": "x"},
+            # Without a trusted proxy this header is the client's own claim: ignored.
+            headers={"X-Forwarded-For": f"192.0.2.{n}"},
+        )
+
+    codes = [post(n).status_code for n in range(3)]
+    assert codes == ([200, 200, 429] if hops == 0 else [200, 200, 200])
+
+
 def test_limits_are_shared_through_redis_across_web_processes(
     tmp_path, engine, smtp_server, redis_url
 ):
