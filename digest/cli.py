@@ -488,11 +488,64 @@ def serve(app: App, host: str, port: int) -> None:
     """Run the web app (subscribe, confirm, unsubscribe, preferences) with waitress."""
     from waitress import serve as waitress_serve
 
-    from digest.web import create_app
+    from digest.web import InsecureSecretKey, check_secret_key, create_app
 
+    try:
+        check_secret_key(app.settings)
+    except InsecureSecretKey as exc:
+        raise click.ClickException(str(exc)) from exc
+    if app.settings.uses_default_secret:
+        click.echo(
+            "warning: signing links with the default development secret key; "
+            "set DIGEST_SECRET_KEY before anyone else can reach this server",
+            err=True,
+        )
     web = create_app(app.settings, engine=app.engine, mailer=app.mailer())
     click.echo(f"Serving on http://{host}:{port}/ (links in emails use {app.settings.base_url})")
     waitress_serve(web, host=host, port=port)
+
+
+@main.group()
+def unsubscribes() -> None:
+    """Unsubscribe requests sent to the List-Unsubscribe mailto: address."""
+
+
+@unsubscribes.command("process")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@pass_app
+def unsubscribes_process(app: App, path: Path) -> None:
+    """Honour the unsubscribe emails in PATH (an mbox file or a maildir).
+
+    Each message must carry the signed token of its List-Unsubscribe mailto: link in the
+    subject (or body); forged, altered or missing tokens are refused and change nothing.
+    Processing the same mailbox twice is harmless.
+    """
+    from digest import inbound
+
+    try:
+        total = inbound.count_messages(path)
+        with (
+            app.session() as session,
+            click.progressbar(length=total, label=f"Reading {path.name}", file=sys.stderr) as bar,
+        ):
+            report = inbound.process_unsubscribe_requests(
+                session=session,
+                secret_key=app.settings.secret_key,
+                messages=inbound.read_mailbox(path),
+                now=now_utc(),
+                progress=bar.update,
+            )
+    except inbound.MailboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"processed {report.processed}, unsubscribed {report.count('unsubscribed')}, "
+        f"already unsubscribed {report.count('already unsubscribed')}, "
+        f"refused {report.count('refused')}"
+    )
+    for o in report.outcomes:
+        who = o.email or o.sender or "(no sender)"
+        detail = f": {o.reason}" if o.reason else ""
+        click.echo(f"  {o.result:>20}  {who} [message {o.key}]{detail}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"{category!r} is not an arXiv category like cs.LG")
         return value
 
+    # Abuse limits on the subscribe form, in the `limits` notation ("3/hour;5/day"): per client
+    # address, and per target address so the form cannot bomb someone's inbox. Counted in
+    # rate_limit_storage_url: memory:// (one web process) or redis://host:port/db (several).
+    rate_limit_storage_url: str = "memory://"
+    subscribe_limit_per_client: str = "10/hour;50/day"
+    subscribe_limit_per_address: str = "3/hour;5/day"
+    # How many reverse proxies in front of the web app set X-Forwarded-For (0: use the peer).
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
+
+    @field_validator("subscribe_limit_per_client", "subscribe_limit_per_address")
+    @classmethod
+    def _rate_limit_notation(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            if not parse_many(value):
+                raise ValueError(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a rate limit like '3/hour' or '3/hour;5/day'"
+            ) from exc
+        return value
+
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
         if self.env == "production" and (
@@ -126,6 +149,10 @@ class Settings(BaseSettings):
                 "DIGEST_SECRET_KEY must be set to a long random value when DIGEST_ENV=production"
             )
         return self
+
+    @property
+    def uses_default_secret(self) -> bool:
+        return self.secret_key == DEV_SECRET_KEY
 
 
 @lru_cache(maxsize=1)

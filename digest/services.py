@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from digest.config import Settings
@@ -350,34 +351,48 @@ def request_subscription(
     topics: Sequence[str],
     now: dt.datetime,
     exclude: Sequence[str] = (),
+    frequency: str | None = None,
+    weekly_day: int | None = None,
+    send_hour: int | None = None,
+    timezone: str | None = None,
 ) -> None:
     """Double opt-in, step one: store a pending subscriber and mail a signed confirmation link.
 
-    The same happens whether or not the address is known, so the response reveals nothing.
+    The same happens whether or not the address is known, so the response reveals nothing:
+    both paths validate, write one row in one commit, render and send one confirmation.
     """
     address = normalize_email(email)
     topics = clean_terms(topics)
     exclude = clean_terms(exclude, "excluded term")
     if not topics:
         raise UserError("Please give at least one topic.")
+    schedule = clean_schedule(
+        frequency=frequency or Frequency.DAILY.value,
+        weekly_day=0 if weekly_day is None else weekly_day,
+        send_hour=settings.default_send_hour if send_hour is None else send_hour,
+        timezone=timezone or settings.default_timezone,
+    )
     subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
     if subscriber is None:
         subscriber = Subscriber(
-            email=address,
-            created_at=now,
-            topics=topics,
-            exclude=exclude,
-            send_hour=settings.default_send_hour,
-            timezone=settings.default_timezone,
+            email=address, created_at=now, topics=topics, exclude=exclude, **schedule
         )
         session.add(subscriber)
         session.commit()
-        session.refresh(subscriber)
-    # Topics of an existing subscriber change only once the new request is confirmed.
+    else:
+        # A write of the same size as the insert above, so that a known address costs what an
+        # unknown one does (same timing class). Its topics and schedule change only once the
+        # new request is confirmed.
+        session.execute(
+            update(Subscriber)
+            .where(col(Subscriber.id) == subscriber.id)
+            .values(bounce_count=Subscriber.bounce_count)
+        )
+        session.commit()
     token = make_token(
         settings.secret_key,
         Purpose.CONFIRM,
-        {"s": subscriber.id, "topics": topics, "exclude": exclude},
+        {"s": subscriber.id, "topics": topics, "exclude": exclude, "schedule": schedule},
     )
     message = render_confirmation(
         settings.templates_dir,
@@ -389,6 +404,36 @@ def request_subscription(
     )
     with mailer.connect() as connection:
         connection.send(message)
+
+
+class Schedule(TypedDict):
+    frequency: str
+    weekly_day: int
+    send_hour: int
+    timezone: str
+
+
+def clean_schedule(*, frequency: str, weekly_day: int, send_hour: int, timezone: str) -> Schedule:
+    """A validated schedule (the Subscriber fields), or a UserError saying what is wrong."""
+    for value in (frequency, timezone):
+        if any(ch in str(value) for ch in "\r\n\0"):
+            raise UserError("A frequency or time zone cannot contain line breaks.")
+    if frequency not in (Frequency.DAILY, Frequency.WEEKLY):
+        raise UserError("Frequency must be daily or weekly.")
+    if not isinstance(weekly_day, int) or not 0 <= weekly_day <= 6:
+        raise UserError("Choose a day of the week from the list.")
+    if not isinstance(send_hour, int) or not 0 <= send_hour <= 23:
+        raise UserError("The send hour must be between 0 and 23.")
+    timezone = str(timezone).strip()
+    if len(timezone) > 64:
+        raise UserError("That time zone name is too long; use a name like Europe/Paris.")
+    try:
+        zone(timezone)
+    except ValueError as exc:
+        raise UserError(f"Unknown time zone {timezone!r}; use a name like Europe/Paris.") from exc
+    return Schedule(
+        frequency=str(frequency), weekly_day=weekly_day, send_hour=send_hour, timezone=timezone
+    )
 
 
 def confirm_subscription(
@@ -404,6 +449,14 @@ def confirm_subscription(
         subscriber.topics = clean_terms(str(t) for t in topics)
     if isinstance(exclude, list):
         subscriber.exclude = clean_terms((str(t) for t in exclude), "excluded term")
+    schedule = payload.get("schedule")
+    if isinstance(schedule, dict):
+        try:
+            checked = clean_schedule(**schedule)
+        except (TypeError, UserError):
+            checked = None  # a link from another version: confirm, keep the stored schedule
+        for name, value in (checked or {}).items():
+            setattr(subscriber, name, value)
     subscriber.status = SubscriberStatus.ACTIVE.value
     subscriber.confirmed_at = now
     subscriber.unsubscribed_at = None
@@ -760,3 +813,13 @@ def ingest(
         )
         runs.append({"run": run.id, "status": run.status, **run.summary})
     return {"runs": runs}
+
+
+def topic_suggestions(*, session: Session, limit: int = 24, recent: int = 3000) -> list[str]:
+    """Phrases that recur across the most recently seen papers, for the subscribe page."""
+    from digest.suggestions import suggest_topics
+
+    rows = session.exec(
+        select(Paper.title, Paper.ai_keywords).order_by(col(Paper.first_seen).desc()).limit(recent)
+    )
+    return suggest_topics(((title, keywords or []) for title, keywords in rows), limit=limit)

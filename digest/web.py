@@ -4,13 +4,24 @@ feedback links and the web copy of a digest. Server-rendered, usable without Jav
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
+from zoneinfo import available_timezones
 
 from flask import Flask, abort, g, render_template, request, url_for
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from limits.errors import StorageError
+from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from werkzeug.exceptions import TooManyRequests
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from digest import services
 from digest.config import Settings
@@ -25,6 +36,38 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class InsecureSecretKey(RuntimeError):
+    """The web app would sign links with the public development key outside development."""
+
+
+def check_secret_key(settings: Settings) -> None:
+    """Refuse the default secret key anywhere but development: anyone could forge links."""
+    if settings.uses_default_secret and settings.env != "development":
+        raise InsecureSecretKey(
+            f"refusing to start with the default DIGEST_SECRET_KEY (DIGEST_ENV={settings.env}): "
+            "set DIGEST_SECRET_KEY to a long random value, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+SUGGESTIONS_TTL = dt.timedelta(minutes=10)
+
+
+@lru_cache(maxsize=1)
+def _timezone_names() -> list[str]:
+    return sorted(z for z in available_timezones() if "/" in z or z == "UTC")
+
+
+def _form_int(value: str | None, default: int, what: str) -> int:
+    if not value:
+        return default
+    # Digits only: no spaces, signs other than '-', or line breaks sneak through int().
+    if not re.fullmatch(r"-?[0-9]{1,3}", value):
+        raise services.UserError(f"The {what} must be chosen from the list.")
+    return int(value)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -32,13 +75,39 @@ def create_app(
     mailer: Mailer | None = None,
     clock: Callable[[], dt.datetime] = _utcnow,
 ) -> Flask:
+    check_secret_key(settings)
     app = Flask(__name__, template_folder=str(settings.templates_dir))
+    if settings.trusted_proxy_hops:
+        # Behind a reverse proxy the client address is in X-Forwarded-For: rate limits key on it.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxy_hops, x_proto=settings.trusted_proxy_hops
+        )
     app.config.update(
         SECRET_KEY=settings.secret_key,
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     csrf = CSRFProtect(app)
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=settings.rate_limit_storage_url,
+        # Separate deployments on one Redis count separately, as they queue separately.
+        key_prefix=f"digest-limits:{settings.task_queue}",
+        strategy="fixed-window",
+    )
+
+    def target_address_key() -> str:
+        """The rate-limit key of the address the form would mail: keyed, so no address is
+        stored in the limiter's storage in clear."""
+        raw = request.form.get("email", "")
+        try:
+            address = services.normalize_email(raw)
+        except services.UserError:
+            address = " ".join(raw.split()).lower()[:320]
+        digest = hmac.new(settings.secret_key.encode(), address.encode(), hashlib.sha256)
+        return "to:" + digest.hexdigest()[:32]
+
     if engine is None:
         engine = make_engine(settings.database_url)
         create_schema(engine)
@@ -106,11 +175,58 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.errorhandler(TooManyRequests)
+    def _too_many(exc: TooManyRequests) -> tuple[str, int]:
+        # The same page whichever limit was hit: it must not tell whether an address is known.
+        return page(
+            "Too many requests",
+            "Too many subscription requests came from your network or for this address. "
+            "Nothing was sent. Please try again later.",
+            status=429,
+            kind="error",
+        )
+
+    @app.errorhandler(RedisError)
+    @app.errorhandler(StorageError)
+    def _limits_unavailable(exc: Exception) -> tuple[str, int]:
+        # Fail closed: without its counters the form could be used to bomb an inbox.
+        app.logger.error("rate-limit storage unavailable: %s", exc)
+        return page(
+            "Try again later",
+            "We cannot take subscriptions just now. Nothing was sent; please try again later.",
+            status=503,
+            kind="error",
+        )
+
+    suggestion_cache: dict[str, Any] = {}
+    timezones = _timezone_names()
+
+    def topic_suggestions() -> list[str]:
+        now = clock()
+        if suggestion_cache.get("until", now) <= now or "topics" not in suggestion_cache:
+            suggestion_cache["topics"] = services.topic_suggestions(session=session())
+            suggestion_cache["until"] = now + SUGGESTIONS_TTL
+        return list(suggestion_cache["topics"])
+
+    def subscribe_page(form: Any, error: str | None) -> str:
+        return render_template(
+            "web/subscribe.html",
+            form=form,
+            error=error,
+            suggestions=topic_suggestions(),
+            timezones=timezones,
+            weekdays=WEEKDAYS,
+            default_hour=settings.default_send_hour,
+            default_timezone=settings.default_timezone,
+        )
+
     @app.get("/")
     def index() -> str:
-        return render_template("web/subscribe.html", form={}, error=None)
+        return subscribe_page({}, None)
 
     @app.post("/subscribe")
+    @limiter.limit(lambda: settings.subscribe_limit_per_client)
+    @limiter.limit(lambda: settings.subscribe_limit_per_address, key_func=target_address_key)
     def subscribe() -> tuple[str, int] | str:
         form = request.form
         try:
@@ -121,10 +237,15 @@ def create_app(
                 email=form.get("email", ""),
                 topics=services.split_terms(form.get("topics", "")),
                 exclude=services.split_terms(form.get("exclude", "")),
+                frequency=form.get("frequency") or None,
+                weekly_day=_form_int(form.get("weekly_day"), 0, "day of the week"),
+                send_hour=_form_int(form.get("send_hour"), settings.default_send_hour, "send hour"),
+                timezone=form.get("timezone") or None,
                 now=clock(),
             )
         except services.UserError as exc:
-            return render_template("web/subscribe.html", form=form, error=str(exc)), 400
+            session().rollback()
+            return subscribe_page(form, str(exc)), 400
         except DeliveryError:
             return page(
                 "Try again later",
@@ -287,7 +408,10 @@ def create_app(
 
 
 def wsgi_app() -> Flask:
-    """Entry point for a WSGI server: `waitress-serve --call digest.web:wsgi_app`."""
+    """Entry point for a WSGI server: `waitress-serve --call digest.web:wsgi_app`.
+
+    Raises InsecureSecretKey (the server does not start) with the default secret key outside
+    development."""
     from digest.config import get_settings
 
     return create_app(get_settings())
