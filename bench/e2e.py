@@ -111,12 +111,18 @@ def free_port() -> int:
 
 
 def rss_mb(pids: list[int]) -> float:
+    """Memory of a process tree: the sum of each process's proportional set size (PSS).
+
+    Summing plain RSS would count the pages that forked workers share with their parent once
+    per process; PSS splits each shared page among its sharers, so the sum is what the tree
+    really holds in memory.
+    """
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1])
         except OSError:
             pass
@@ -257,7 +263,9 @@ def finished(settings) -> int:
     engine = _engines.setdefault(settings.database_url, make_engine(settings.database_url))
     with Session(engine) as session:
         return session.execute(
-            select(func.count()).select_from(Delivery).where(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
                 col(Delivery.state).in_(["sent", "skipped"])
                 | ((col(Delivery.state) == "failed") & col(Delivery.retry_at).is_(None))
             )
@@ -311,8 +319,11 @@ def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
                 break
             if done != last:
                 if int(time.monotonic()) != int(stalled_since):
-                    print(f"  ours: {done}/{args.subscribers} digests done, "
-                          f"{sink_count(sink_live)} messages", file=sys.stderr)
+                    print(
+                        f"  ours: {done}/{args.subscribers} digests done, "
+                        f"{sink_count(sink_live)} messages",
+                        file=sys.stderr,
+                    )
                 last, stalled_since = done, time.monotonic()
             elif time.monotonic() - stalled_since > 120:
                 raise SystemExit(f"stalled at {done} digests; see {tmp / 'workers.log'}")

@@ -149,15 +149,19 @@ def plan_deliveries(
     digest_date: dt.date | None = None,
     email: str | None = None,
     dry_run: bool = False,
+    on_planned: Callable[[list[int]], None] | None = None,
+    page_size: int = 5000,
 ) -> Plan:
     """Create a planned delivery for each subscriber whose digest is due and has none yet.
 
     Due means: their local send hour of the digest date has come (at most `catchup_hours` ago),
     it is their weekly day, and they are not paused. With `digest_date` the hour is ignored;
     with `email` only that subscriber is planned, for `digest_date` or their local today.
+    Subscribers are planned a page at a time; `on_planned` gets each page's new delivery ids as
+    soon as they are committed, so sending starts while the planner goes on.
     """
     plan = Plan()
-    statement = select(
+    columns = (
         Subscriber.id,
         Subscriber.email,
         Subscriber.status,
@@ -166,12 +170,51 @@ def plan_deliveries(
         Subscriber.send_hour,
         Subscriber.timezone,
         Subscriber.paused_until,
-    ).order_by(col(Subscriber.id))
-    if email is not None:
-        statement = statement.where(Subscriber.email == services.normalize_email(email))
+    )
+    last_id = 0
+    found = False
+    while True:
+        statement = (
+            select(*columns).where(col(Subscriber.id) > last_id).order_by(col(Subscriber.id))
+        )
+        if email is not None:
+            statement = statement.where(Subscriber.email == services.normalize_email(email))
+        page = session.execute(statement.limit(page_size)).all()
+        if not page:
+            break
+        found = True
+        last_id = page[-1][0]
+        new_ids = _plan_page(
+            session=session,
+            settings=settings,
+            now=now,
+            rows=page,
+            digest_date=digest_date,
+            email=email,
+            dry_run=dry_run,
+            plan=plan,
+        )
+        if new_ids and on_planned is not None:
+            on_planned(new_ids)
+    if email is not None and not found:
+        raise services.UserError(f"No subscriber with address {email}.")
+    return plan
+
+
+def _plan_page(
+    *,
+    session: Session,
+    settings: Settings,
+    now: dt.datetime,
+    rows: Sequence[Any],
+    digest_date: dt.date | None,
+    email: str | None,
+    dry_run: bool,
+    plan: Plan,
+) -> list[int]:
     catchup = dt.timedelta(hours=settings.catchup_hours)
     candidates: list[tuple[int, str, dt.date]] = []
-    for row in session.execute(statement):
+    for row in rows:
         sid, address, status = row[0], row[1], row[2]
         reason = status_reason(status)
         if reason is None:
@@ -194,45 +237,40 @@ def plan_deliveries(
                 candidates.append((sid, address, day))
                 continue
         plan.skipped.append((address, reason or "not due"))
-    if email is not None and not candidates and not plan.skipped:
-        raise services.UserError(f"No subscriber with address {email}.")
     if not candidates:
-        return plan
+        return []
 
     # Those who already have a delivery for their date get nothing new, and are told why.
     existing: dict[tuple[int, dt.date], tuple[int, str, bool]] = {}
-    days = {day for _, _, day in candidates}
-    for day in days:
+    for day in {day for _, _, day in candidates}:
         ids = [sid for sid, _, d in candidates if d == day]
-        for start in range(0, len(ids), 5000):
-            chunk = ids[start : start + 5000]
-            rows = session.execute(
-                select(
-                    Delivery.subscriber_id,
-                    Delivery.id,
-                    Delivery.state,
-                    col(Delivery.retry_at).is_not(None),
-                ).where(Delivery.digest_date == day, col(Delivery.subscriber_id).in_(chunk))
-            )
-            for sid, delivery_id, state, retryable in rows:
-                existing[(sid, day)] = (delivery_id, state, retryable)
+        found = session.execute(
+            select(
+                Delivery.subscriber_id,
+                Delivery.id,
+                Delivery.state,
+                col(Delivery.retry_at).is_not(None),
+            ).where(Delivery.digest_date == day, col(Delivery.subscriber_id).in_(ids))
+        )
+        for sid, delivery_id, state, retryable in found:
+            existing[(sid, day)] = (delivery_id, state, retryable)
     fresh = []
     for sid, address, day in candidates:
-        found = existing.get((sid, day))
-        if found is None:
+        match = existing.get((sid, day))
+        if match is None:
             fresh.append((sid, address, day))
             continue
-        delivery_id, state, retryable = found
+        delivery_id, state, retryable = match
         if state == DeliveryState.FAILED and retryable:
             plan.retry_ids.append(delivery_id)
         else:
             plan.skipped.append((address, f"already {state} for {day.isoformat()}"))
+    plan.dates |= {day for _, _, day in fresh}
     if dry_run:
-        plan.dates = {day for _, _, day in fresh}
-        plan.delivery_ids = [sid for sid, _, _ in fresh]  # subscriber ids in a dry run
-        return plan
+        plan.delivery_ids.extend(sid for sid, _, _ in fresh)  # subscriber ids in a dry run
+        return []
     domain = settings.from_address.rsplit("@", 1)[-1]
-    rows = [
+    values = [
         {
             "subscriber_id": sid,
             "digest_date": day,
@@ -244,13 +282,13 @@ def plan_deliveries(
         }
         for sid, _, day in fresh
     ]
-    plan.delivery_ids = _insert_ignoring_conflicts(session, rows)
+    new_ids = _insert_ignoring_conflicts(session, values)
     session.commit()
-    if len(plan.delivery_ids) < len(rows):
+    if len(new_ids) < len(values):
         # Another planner inserted some of these at the same moment: they are its to send.
         plan.skipped.append(("(several)", "planned by another planner at the same time"))
-    plan.dates = {day for _, _, day in fresh}
-    return plan
+    plan.delivery_ids.extend(new_ids)
+    return new_ids
 
 
 # ---------------------------------------------------------------------------------------------

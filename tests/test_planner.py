@@ -159,3 +159,22 @@ def test_unsubscribing_after_planning_is_honoured_before_sending(engine, db_sett
         (row,) = session.exec(select(Delivery)).all()
         assert row.state == DeliveryState.SKIPPED
     assert not db_settings.outbox_dir.exists()
+
+
+def test_planning_a_page_at_a_time_hands_over_each_page_as_it_is_committed(engine, db_settings):
+    with Session(engine) as session:
+        for i in range(5):
+            add(session, f"p{i}@example.com", send_hour=7)
+        handed: list[list[int]] = []
+        with freeze_time("2026-01-15 07:30"):
+            plan = delivery.plan_deliveries(
+                session=session,
+                settings=db_settings,
+                now=now_utc(),
+                on_planned=handed.append,
+                page_size=2,
+            )
+        assert [len(ids) for ids in handed] == [2, 2, 1]
+        assert sum(handed, []) == plan.delivery_ids and len(set(plan.delivery_ids)) == 5
+        committed = session.exec(select(Delivery.id)).all()
+        assert sorted(committed) == sorted(plan.delivery_ids)

@@ -66,8 +66,11 @@ def ingest(self: Any, source: str | None = None, day: str | None = None) -> dict
 def plan_due() -> dict[str, Any]:
     """Plan the digests that are due now and queue them in batches of delivery ids."""
     with session_scope(_engine()) as session:
-        plan = delivery.plan_deliveries(session=session, settings=get_settings(), now=_now())
-    return {"queued": _enqueue(plan.delivery_ids), "not_due": len(plan.skipped)}
+        # Each page of planned deliveries is queued as soon as it is committed.
+        plan = delivery.plan_deliveries(
+            session=session, settings=get_settings(), now=_now(), on_planned=_enqueue
+        )
+    return {"queued": len(plan.delivery_ids), "not_due": len(plan.skipped)}
 
 
 @app.task(name="workers.tasks.send_batch")
