@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import click
 from sqlalchemy.engine import Engine
@@ -457,7 +458,7 @@ def papers_import(app: App, file: Path) -> None:
 @papers.command("export")
 @click.option("--out", type=click.File("w", encoding="utf-8"), default="-")
 @pass_app
-def papers_export(app: App, out: click.utils.LazyFile) -> None:
+def papers_export(app: App, out: IO[str]) -> None:
     """Write every stored paper as JSON Lines (stdout by default)."""
     from digest.papers import write_papers
 

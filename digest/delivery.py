@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection as DBConnection
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from digest import services
@@ -162,14 +163,14 @@ def plan_deliveries(
     """
     plan = Plan()
     columns = (
-        Subscriber.id,
-        Subscriber.email,
-        Subscriber.status,
-        Subscriber.frequency,
-        Subscriber.weekly_day,
-        Subscriber.send_hour,
-        Subscriber.timezone,
-        Subscriber.paused_until,
+        col(Subscriber.id),
+        col(Subscriber.email),
+        col(Subscriber.status),
+        col(Subscriber.frequency),
+        col(Subscriber.weekly_day),
+        col(Subscriber.send_hour),
+        col(Subscriber.timezone),
+        col(Subscriber.paused_until),
     )
     last_id = 0
     found = False
@@ -178,7 +179,8 @@ def plan_deliveries(
             select(*columns).where(col(Subscriber.id) > last_id).order_by(col(Subscriber.id))
         )
         if email is not None:
-            statement = statement.where(Subscriber.email == services.normalize_email(email))
+            address = services.normalize_email(email)
+            statement = statement.where(col(Subscriber.email) == address)
         page = session.execute(statement.limit(page_size)).all()
         if not page:
             break
@@ -246,11 +248,11 @@ def _plan_page(
         ids = [sid for sid, _, d in candidates if d == day]
         found = session.execute(
             select(
-                Delivery.subscriber_id,
-                Delivery.id,
-                Delivery.state,
+                col(Delivery.subscriber_id),
+                col(Delivery.id),
+                col(Delivery.state),
                 col(Delivery.retry_at).is_not(None),
-            ).where(Delivery.digest_date == day, col(Delivery.subscriber_id).in_(ids))
+            ).where(col(Delivery.digest_date) == day, col(Delivery.subscriber_id).in_(ids))
         )
         for sid, delivery_id, state, retryable in found:
             existing[(sid, day)] = (delivery_id, state, retryable)
@@ -521,6 +523,7 @@ def _send_deliveries(
         for (delivery, subscriber), picks in zip(pairs, picks_per, strict=True):
             if not picks:
                 reason = services.empty_reason(len(corpus.papers), settings)
+                assert delivery.id is not None
                 _set_state(session, delivery.id, DeliveryState.SKIPPED, now, reason=reason)
                 summary.skipped.append((subscriber.email, reason))
                 if progress:
@@ -542,6 +545,7 @@ def _send_deliveries(
                 or services.new_message_id(settings.from_address.rsplit("@", 1)[-1]),
             )
             message = render_digest(settings.templates_dir, context, envelope)
+            assert delivery.id is not None
             outgoing.append(
                 Outgoing(
                     delivery.id, subscriber, picks, message, delivery.attempts, delivery.created_at
@@ -592,6 +596,7 @@ def _transmit(
     # Outcomes are written through a plain connection, one commit per message, right after the
     # server answered: no ORM bookkeeping on the hot path.
     engine = session.get_bind()
+    assert isinstance(engine, Engine)
     # Autocommit: each outcome is one statement and one round trip to the database.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
         if db.dialect.name == "postgresql":
@@ -710,7 +715,7 @@ def _record_failure(
         )
         session.commit()
         count = session.execute(
-            select(Subscriber.bounce_count).where(col(Subscriber.id) == subscriber.id)
+            select(col(Subscriber.bounce_count)).where(col(Subscriber.id) == subscriber.id)
         ).scalar_one()
         if count >= settings.suppress_after_failures:
             session.execute(
@@ -745,7 +750,7 @@ def stuck_deliveries(*, session: Session, settings: Settings, now: dt.datetime) 
     under an expired lease (a dead worker), failed and due for a retry (a lost retry)."""
     grace = now - dt.timedelta(seconds=settings.planned_grace_seconds)
     statement = (
-        select(Delivery.id)
+        select(col(Delivery.id))
         .where(
             or_(
                 and_(
@@ -911,7 +916,9 @@ def why(
     if subscriber.exclude:
         lines.append(f"excluded terms: {', '.join(subscriber.exclude)}")
     delivery = session.execute(
-        select(Delivery).where(Delivery.subscriber_id == subscriber.id, Delivery.digest_date == day)
+        select(Delivery).where(
+            col(Delivery.subscriber_id) == subscriber.id, col(Delivery.digest_date) == day
+        )
     ).scalar_one_or_none()
     if delivery is None:
         reason = status_reason(subscriber) or not_due_reason(window_of(subscriber), day)
@@ -935,9 +942,9 @@ def why(
         head += f"; next attempt {delivery.retry_at.strftime('%Y-%m-%d %H:%M UTC')}"
     lines.append(head)
     items = session.execute(
-        select(DeliveryItem, Paper.title)
+        select(DeliveryItem, col(Paper.title))
         .join(Paper, col(Paper.id) == col(DeliveryItem.paper_id))
-        .where(DeliveryItem.delivery_id == delivery.id)
+        .where(col(DeliveryItem.delivery_id) == delivery.id)
         .order_by(col(DeliveryItem.rank))
     ).all()
     for item, title in items:

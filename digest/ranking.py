@@ -385,14 +385,14 @@ def _rank_chunk(
         # Sort by score, then id, so equal scores give the same order on every run.
         tops.append(sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id)))
     corpus.prefetch_duplicates(
-        (j for top in tops for j in top[: config.top_k * 2]), config.duplicate_similarity
+        (j for ranked in tops for j in ranked[: config.top_k * 2]), config.duplicate_similarity
     )
 
     out: list[list[Pick]] = []
-    for i, top in enumerate(tops):
+    for i, ranked in enumerate(tops):
         row = scores[i]
         picks: list[int] = []
-        for j in top:
+        for j in ranked:
             if picks and not corpus.near_duplicates(j, config.duplicate_similarity).isdisjoint(
                 picks
             ):

@@ -120,8 +120,8 @@ def upsert_papers(*, session: Session, papers: Iterable[PaperIn], now: dt.dateti
         for stored in session.exec(select(Paper).where(col(Paper.id).in_(chunk))):
             existing[stored.id] = stored
     for paper_id, incoming in batch.items():
-        stored = existing.get(paper_id)
-        if stored is None:
+        known = existing.get(paper_id)
+        if known is None:
             session.add(
                 Paper(
                     id=incoming.id,
@@ -144,7 +144,7 @@ def upsert_papers(*, session: Session, papers: Iterable[PaperIn], now: dt.dateti
                 )
             )
             result.new += 1
-        elif _merge(stored, incoming, now):
+        elif _merge(known, incoming, now):
             result.updated += 1
         else:
             result.unchanged += 1

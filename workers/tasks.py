@@ -34,10 +34,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _enqueue(delivery_ids: list[int]) -> int:
+def _enqueue(delivery_ids: list[int]) -> None:
     for batch in delivery.batches(delivery_ids, get_settings().send_batch_size):
         send_batch.delay(batch)
-    return len(delivery_ids)
 
 
 @app.task(name="workers.tasks.ingest", bind=True)
@@ -95,7 +94,8 @@ def sweep() -> dict[str, Any]:
     """Queue again what a dead worker, a lost task or a lost retry left behind."""
     with session_scope(_engine()) as session:
         ids = delivery.stuck_deliveries(session=session, settings=get_settings(), now=_now())
-    return {"queued": _enqueue(ids)}
+    _enqueue(ids)
+    return {"queued": len(ids)}
 
 
 @app.task(name="workers.tasks.send_due")
