@@ -258,7 +258,7 @@ def why(app: App, email: str, date_text: str | None) -> None:
 @click.option("--limit", default=10, show_default=True)
 @pass_app
 def status(app: App, limit: int) -> None:
-    """The last ingest and send runs, and what they did."""
+    """The last runs (ingest, plan, send) and the deliveries of the last digest dates."""
     with app.session() as session:
         runs = services.last_runs(session=session, limit=limit)
     if not runs:
@@ -274,6 +274,11 @@ def status(app: App, limit: int) -> None:
                 click.echo(f"    {line}")
             continue
         click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {json.dumps(run.summary)}")
+    with app.session() as session:
+        counts = delivery.delivery_counts(session=session, days=3)
+    for day, states in counts.items():
+        parts = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+        click.echo(f"deliveries for {day.isoformat()}: {parts}")
 
 
 @main.command()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
@@ -429,6 +430,15 @@ def backoff(attempt: int, base: float, cap: float = 3600.0) -> float:
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+@contextmanager
+def _unexpired(session: Session) -> Iterator[None]:
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        yield
+    finally:
+        session.expire_on_commit = expire
+
+
 def send_deliveries(
     *,
     session: Session,
@@ -448,136 +458,115 @@ def send_deliveries(
     alone, so a retried, duplicated or redelivered task sends nothing twice.
     """
     # Objects loaded here are read after the commits below: keep them loaded, not expired.
-    expire, session.expire_on_commit = session.expire_on_commit, False
-    try:
-        return _send_deliveries(
+    with _unexpired(session):
+        clock = clock or (lambda: now)
+        cache = cache or CorpusCache()
+        summary = SendSummary()
+        claimed = _claim(
             session=session,
-            mailer=mailer,
-            settings=settings,
             delivery_ids=delivery_ids,
             now=now,
-            cache=cache,
-            progress=progress,
-            sleep=sleep,
-            clock=clock,
+            settings=settings,
             retry_now=retry_now,
         )
-    finally:
-        session.expire_on_commit = expire
+        if progress and len(delivery_ids) > len(claimed):
+            progress(len(delivery_ids) - len(claimed))
+        if not claimed:
+            return summary
+        rows = session.execute(
+            select(Delivery, Subscriber)
+            .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
+            .where(col(Delivery.id).in_(claimed))
+            .order_by(col(Delivery.id))
+        ).all()
+        # Items of an earlier, failed attempt are replaced by this attempt's picks.
+        session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(claimed)))
+        session.commit()
 
-
-def _send_deliveries(
-    *,
-    session: Session,
-    mailer: Mailer,
-    settings: Settings,
-    delivery_ids: Sequence[int],
-    now: dt.datetime,
-    cache: CorpusCache | None = None,
-    progress: Progress | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], dt.datetime] | None = None,
-    retry_now: bool = False,
-) -> SendSummary:
-    clock = clock or (lambda: now)
-    cache = cache or CorpusCache()
-    summary = SendSummary()
-    claimed = _claim(
-        session=session, delivery_ids=delivery_ids, now=now, settings=settings, retry_now=retry_now
-    )
-    if progress and len(delivery_ids) > len(claimed):
-        progress(len(delivery_ids) - len(claimed))
-    if not claimed:
-        return summary
-    rows = session.execute(
-        select(Delivery, Subscriber)
-        .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
-        .where(col(Delivery.id).in_(claimed))
-        .order_by(col(Delivery.id))
-    ).all()
-    # Items of an earlier, failed attempt are replaced by this attempt's picks.
-    session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(claimed)))
-    session.commit()
-
-    by_date: dict[dt.date, list[tuple[Delivery, Subscriber]]] = {}
-    for delivery, subscriber in rows:
-        # Unsubscribing (or a pause) between planning and sending is honoured, always.
-        reason = status_reason(subscriber) or not_due_reason(
-            window_of(subscriber), delivery.digest_date
-        )
-        if reason:
-            _set_state(session, delivery.id, DeliveryState.SKIPPED, now, reason=reason)
-            summary.skipped.append((subscriber.email, reason))
-            if progress:
-                progress(1)
-            continue
-        by_date.setdefault(delivery.digest_date, []).append((delivery, subscriber))
-
-    outgoing: list[Outgoing] = []
-    item_rows: list[dict[str, Any]] = []
-    for day, pairs in sorted(by_date.items()):
-        summary.digest_date = day
-        corpus, papers = cache.get(session=session, settings=settings, digest_date=day, now=now)
-        profiles = services.profiles_for(session=session, subscribers=[s for _, s in pairs])
-        picks_per = rank_prepared(corpus, profiles, config=services.ranking_config(settings))
-        for (delivery, subscriber), picks in zip(pairs, picks_per, strict=True):
-            if not picks:
-                reason = services.empty_reason(len(corpus.papers), settings)
-                assert delivery.id is not None
+        by_date: dict[dt.date, list[tuple[Delivery, Subscriber]]] = {}
+        for delivery, subscriber in rows:
+            # Unsubscribing (or a pause) between planning and sending is honoured, always.
+            reason = status_reason(subscriber) or not_due_reason(
+                window_of(subscriber), delivery.digest_date
+            )
+            if reason:
                 _set_state(session, delivery.id, DeliveryState.SKIPPED, now, reason=reason)
                 summary.skipped.append((subscriber.email, reason))
                 if progress:
                     progress(1)
                 continue
-            context = services.digest_context(
-                settings=settings,
-                subscriber=subscriber,
-                digest_date=day,
-                picks=picks,
-                papers=papers,
-            )
-            envelope = Envelope(
-                sender_name=settings.from_name,
-                sender_address=settings.from_address,
-                recipient=subscriber.email,
-                now=now,
-                message_id=delivery.message_id
-                or services.new_message_id(settings.from_address.rsplit("@", 1)[-1]),
-            )
-            message = render_digest(settings.templates_dir, context, envelope)
-            assert delivery.id is not None
-            outgoing.append(
-                Outgoing(
-                    delivery.id, subscriber, picks, message, delivery.attempts, delivery.created_at
+            by_date.setdefault(delivery.digest_date, []).append((delivery, subscriber))
+
+        outgoing: list[Outgoing] = []
+        item_rows: list[dict[str, Any]] = []
+        for day, pairs in sorted(by_date.items()):
+            summary.digest_date = day
+            corpus, papers = cache.get(session=session, settings=settings, digest_date=day, now=now)
+            profiles = services.profiles_for(session=session, subscribers=[s for _, s in pairs])
+            picks_per = rank_prepared(corpus, profiles, config=services.ranking_config(settings))
+            for (delivery, subscriber), picks in zip(pairs, picks_per, strict=True):
+                if not picks:
+                    reason = services.empty_reason(len(corpus.papers), settings)
+                    assert delivery.id is not None
+                    _set_state(session, delivery.id, DeliveryState.SKIPPED, now, reason=reason)
+                    summary.skipped.append((subscriber.email, reason))
+                    if progress:
+                        progress(1)
+                    continue
+                context = services.digest_context(
+                    settings=settings,
+                    subscriber=subscriber,
+                    digest_date=day,
+                    picks=picks,
+                    papers=papers,
                 )
+                envelope = Envelope(
+                    sender_name=settings.from_name,
+                    sender_address=settings.from_address,
+                    recipient=subscriber.email,
+                    now=now,
+                    message_id=delivery.message_id
+                    or services.new_message_id(settings.from_address.rsplit("@", 1)[-1]),
+                )
+                message = render_digest(settings.templates_dir, context, envelope)
+                assert delivery.id is not None
+                outgoing.append(
+                    Outgoing(
+                        delivery.id,
+                        subscriber,
+                        picks,
+                        message,
+                        delivery.attempts,
+                        delivery.created_at,
+                    )
+                )
+                item_rows.extend(
+                    {
+                        "delivery_id": delivery.id,
+                        "paper_id": p.paper_id,
+                        "rank": rank,
+                        "score": p.score,
+                        "why": p.why,
+                    }
+                    for rank, p in enumerate(picks, start=1)
+                )
+        if item_rows:
+            # Recorded before sending: a paper being sent already counts as sent to that person.
+            session.execute(insert(DeliveryItem.__table__), item_rows)  # type: ignore[attr-defined]
+            session.commit()
+        if outgoing:
+            _transmit(
+                session=session,
+                mailer=mailer,
+                settings=settings,
+                outgoing=outgoing,
+                summary=summary,
+                now=now,
+                progress=progress,
+                sleep=sleep,
+                clock=clock,
             )
-            item_rows.extend(
-                {
-                    "delivery_id": delivery.id,
-                    "paper_id": p.paper_id,
-                    "rank": rank,
-                    "score": p.score,
-                    "why": p.why,
-                }
-                for rank, p in enumerate(picks, start=1)
-            )
-    if item_rows:
-        # Recorded before sending: a paper being sent already counts as sent to that person.
-        session.execute(insert(DeliveryItem.__table__), item_rows)  # type: ignore[attr-defined]
-        session.commit()
-    if outgoing:
-        _transmit(
-            session=session,
-            mailer=mailer,
-            settings=settings,
-            outgoing=outgoing,
-            summary=summary,
-            now=now,
-            progress=progress,
-            sleep=sleep,
-            clock=clock,
-        )
-    return summary
+        return summary
 
 
 def _transmit(
@@ -950,3 +939,42 @@ def why(
     for item, title in items:
         lines.append(f"  {item.rank:2d}. {title} — {item.why}")
     return lines
+
+
+def delivery_counts(*, session: Session, days: int = 3) -> dict[dt.date, dict[str, int]]:
+    """Deliveries by state for the most recent digest dates, newest first."""
+    recent = (
+        select(col(Delivery.digest_date))
+        .distinct()
+        .order_by(col(Delivery.digest_date).desc())
+        .limit(days)
+    )
+    dates = [row[0] for row in session.execute(recent)]
+    counts: dict[dt.date, dict[str, int]] = {day: {} for day in dates}
+    if dates:
+        rows = session.execute(
+            select(col(Delivery.digest_date), col(Delivery.state), func.count())
+            .where(col(Delivery.digest_date).in_(dates))
+            .group_by(col(Delivery.digest_date), col(Delivery.state))
+        )
+        for day, state, n in rows:
+            counts[day][state] = n
+    return counts
+
+
+def record_plan(*, session: Session, plan: Plan, now: dt.datetime) -> Run:
+    """A run record for a planner pass: how many were planned, and why the others were not."""
+    run = Run(
+        kind="plan",
+        started_at=now,
+        finished_at=now,
+        status="ok",
+        summary={
+            "planned": len(plan.delivery_ids),
+            "dates": sorted(day.isoformat() for day in plan.dates),
+            "not_planned_by_reason": count_reasons(plan.skipped),
+        },
+    )
+    session.add(run)
+    session.commit()
+    return run

@@ -91,6 +91,9 @@ def test_planner_task_queues_batches_that_a_worker_sends(
     try:
         planned = celery_client.send_task("workers.tasks.plan_due").get(timeout=60)
         assert planned["queued"] == 5
+        with Session(engine) as session:
+            (run,) = services.last_runs(session=session, limit=1)
+        assert (run.kind, run.summary["planned"]) == ("plan", 5)
         smtp_server.wait_for(5)
     finally:
         worker.stop()

@@ -90,6 +90,7 @@ def test_subscribers_send_preview_and_status(tmp_path):
 
     status = run(["status"], cwd=tmp_path).stdout
     assert status.count(" send ") == 2 and '"sent": 1' in status
+    assert f"deliveries for {today}: sent 1" in status
 
     run(["subscribers", "remove", "bob@example.com"], cwd=tmp_path)
     assert "bob@example.com" not in run(["subscribers", "list"], cwd=tmp_path).stdout

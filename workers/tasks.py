@@ -66,9 +66,12 @@ def plan_due() -> dict[str, Any]:
     """Plan the digests that are due now and queue them in batches of delivery ids."""
     with session_scope(_engine()) as session:
         # Each page of planned deliveries is queued as soon as it is committed.
+        now = _now()
         plan = delivery.plan_deliveries(
-            session=session, settings=get_settings(), now=_now(), on_planned=_enqueue
+            session=session, settings=get_settings(), now=now, on_planned=_enqueue
         )
+        if plan.delivery_ids:
+            delivery.record_plan(session=session, plan=plan, now=now)
     return {"queued": len(plan.delivery_ids), "not_due": len(plan.skipped)}
 
 
