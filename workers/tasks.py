@@ -87,8 +87,12 @@ def send_batch(delivery_ids: list[int]) -> dict[str, Any]:
             cache=_corpus_cache,
             clock=_now,
         )
+    # Temporary failures come back at their retry time, one task per moment.
+    retries: dict[dt.datetime, list[int]] = {}
     for delivery_id, retry_at in summary.retry:
-        send_batch.apply_async(args=[[delivery_id]], eta=retry_at)
+        retries.setdefault(retry_at, []).append(delivery_id)
+    for retry_at, ids in retries.items():
+        send_batch.apply_async(args=[ids], eta=retry_at)
     return summary.as_dict()
 
 
