@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     smtp_attempts: int = Field(default=3, ge=1)
     smtp_retry_base_seconds: float = Field(default=0.5, ge=0)
     retry_deadline_hours: float = Field(default=6.0, gt=0)
+    # Later retries of a temporarily failed digest: this long after the first, doubling.
+    retry_base_seconds: float = Field(default=60.0, gt=0)
     # Messages per second through one connection (0: no limit) and the burst it allows.
     smtp_rate_per_second: float = Field(default=0.0, ge=0)
     smtp_rate_burst: int = Field(default=50, ge=1)

@@ -717,7 +717,7 @@ def _record_failure(
         summary.failed.append((subscriber.email, reason))
         return
     deadline = item.created_at + dt.timedelta(hours=settings.retry_deadline_hours)
-    retry_at = now + dt.timedelta(seconds=backoff(item.attempts, 60.0))
+    retry_at = now + dt.timedelta(seconds=backoff(item.attempts, settings.retry_base_seconds))
     if retry_at > deadline:
         reason += f" (gave up after {item.attempts} attempts)"
         _set_state(session, item.delivery_id, DeliveryState.FAILED, now, reason=reason)

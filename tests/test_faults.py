@@ -354,3 +354,29 @@ def test_two_planners_at_once_never_give_anyone_two_digests(
             w.stop()
     counts = received_counts(smtp_server)
     assert len(counts) == 600 and set(counts.values()) == {1}
+
+
+def test_a_digest_that_keeps_failing_comes_back_later_and_arrives_once(
+    tmp_path, fault_settings, fault_client, smtp_server
+):
+    # The first three tries of the first message fail (all of its in-task attempts): it is
+    # marked failed with a retry time, and the worker sends it again when that time comes.
+    smtp_server.fail_data = lambda n: "451 4.3.0 try later" if n <= 3 else None
+    settings = fault_settings.model_copy(update={"retry_base_seconds": 1.0})
+    now = dt.datetime.now(dt.UTC)
+    engine = populate(settings, 5, now)
+    ids = plan(engine, settings, now).delivery_ids
+    worker = start_worker(settings, tmp_path / "w.log")
+    try:
+        summary = fault_client.send_task("workers.tasks.send_batch", args=[ids]).get(timeout=60)
+        assert summary["sent"] == 4 and summary["retrying"] == 1, summary
+        wait_until(lambda: len(smtp_server.messages) >= 5, 60, "the retried digest")
+        wait_until(lambda: states(engine) == Counter({DeliveryState.SENT: 5}), 30, "sent")
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    counts = received_counts(smtp_server)
+    assert len(counts) == 5 and set(counts.values()) == {1}
+    with Session(engine) as session:
+        attempts = sorted(d.attempts for d in session.exec(select(Delivery)))
+    assert attempts == [1, 1, 1, 1, 2]
