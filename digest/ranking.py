@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
+from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
@@ -55,21 +56,31 @@ class Profile:
 class RankingConfig:
     top_k: int = 10
     half_life_days: float = 3.0
+    # Below this relevance a paper is not sent at all: an empty day is better than noise.
     min_relevance: float = 0.05
     weight_topic: float = 0.6
     weight_recency: float = 0.25
     weight_trending: float = 0.15
-    # Relevance (a cosine) at or above this counts as a full topical match.
+    # The topical part is relevance over the profile's best relevance of the day, but never over
+    # less than this: on a day with only weak matches, none of them gets full topical credit.
     relevance_scale: float = 0.35
     # Upvotes (plus half the comments) that count as fully trending, on a log scale.
     trending_reference: float = 200.0
     # How much a liked paper counts against a topic, and how hard dislikes push down.
     liked_weight: float = 0.9
     disliked_weight: float = 0.5
+    # Share of the latent-semantic (LSA) similarity in relevance; the rest is TF-IDF cosine.
+    semantic_weight: float = 0.7
+    # Each pick already made for the same topic costs the next one this much score, so one
+    # topic does not crowd the others out of a digest.
+    topic_crowding: float = 0.05
+    # Share of the all-topics-together query in topical relevance (the rest is the best single
+    # topic): papers at the crossing of a profile's topics rise, one-topic matches still count.
+    joint_topics: float = 0.5
     # Two picks more similar than this are near-duplicates: keep only the better one.
     duplicate_similarity: float = 0.75
     # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
-    chunk_profiles: int = 2000
+    chunk_profiles: int = 1000
 
 
 @dataclass(frozen=True)
@@ -81,27 +92,56 @@ class Pick:
     matched: str
 
 
-class TopicModel:
-    """A TF-IDF model fitted on a paper corpus; refit it as papers arrive."""
+# Below this many papers a latent space would be noise; TF-IDF alone ranks small corpora.
+MIN_SEMANTIC_DOCS = 200
 
-    def __init__(self, vectorizer: TfidfVectorizer) -> None:
+
+class TopicModel:
+    """TF-IDF plus a latent-semantic (LSA) space fitted on a paper corpus.
+
+    Fit it once per run on the paper store (or let `rank_papers` fit it on the candidates) and
+    pass it to every batch; refit as papers arrive. The LSA space matches papers that share
+    meaning but not words ("legged locomotion" and "quadruped walking").
+    """
+
+    def __init__(self, vectorizer: TfidfVectorizer, components: np.ndarray | None = None) -> None:
         self.vectorizer = vectorizer
+        # (dimensions x vocabulary): the projection onto the latent space, or None.
+        self.components = components
 
     @classmethod
-    def fit(cls, texts: Sequence[str]) -> TopicModel:
+    def fit(cls, texts: Sequence[str], *, dimensions: int = 256) -> TopicModel:
+        texts = list(texts) or ["empty"]
+        large = len(texts) >= 1000
         vectorizer = TfidfVectorizer(
             stop_words="english",
             sublinear_tf=True,
             ngram_range=(1, 2),
-            min_df=1,
+            # On a real corpus, drop one-off terms and near-stopwords: smaller and sharper.
+            min_df=2 if large else 1,
+            max_df=0.5 if large else 1.0,
+            max_features=300_000,
             dtype=np.float32,
             strip_accents="unicode",
         )
-        vectorizer.fit(list(texts) or ["empty"])
-        return cls(vectorizer)
+        matrix = normalize(vectorizer.fit_transform(texts))
+        components = None
+        k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
+        if len(texts) >= MIN_SEMANTIC_DOCS and k >= 16:
+            svd = TruncatedSVD(n_components=k, n_iter=4, random_state=0)
+            svd.fit(matrix)
+            components = np.ascontiguousarray(svd.components_, dtype=np.float32)
+        return cls(vectorizer, components)
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         return normalize(self.vectorizer.transform(list(texts))).astype(np.float32)
+
+    def semantic(self, vectors: sparse.csr_matrix) -> np.ndarray | None:
+        """Unit vectors in the latent space for these TF-IDF rows (None without one)."""
+        if self.components is None:
+            return None
+        dense = np.asarray(vectors @ self.components.T, dtype=np.float32)
+        return normalize(dense)
 
 
 def recency(papers: Sequence[RankPaper], now: dt.datetime, half_life_days: float) -> np.ndarray:
@@ -168,8 +208,8 @@ def _age_phrase(paper: RankPaper, now: dt.datetime) -> str | None:
     return "1 day old" if days == 1 else f"{days} days old"
 
 
-def explain(paper: RankPaper, matched: str, now: dt.datetime) -> str:
-    parts = [matched]
+def explain(paper: RankPaper, matched: str, now: dt.datetime, extra: Sequence[str] = ()) -> str:
+    parts = [matched, *extra]
     if paper.upvotes:
         parts.append(f"{paper.upvotes} upvote" + ("" if paper.upvotes == 1 else "s"))
     if paper.comments:
@@ -180,6 +220,38 @@ def explain(paper: RankPaper, matched: str, now: dt.datetime) -> str:
     return "; ".join(parts)
 
 
+def _short_title(title: str, limit: int = 60) -> str:
+    title = " ".join(title.split())
+    return title if len(title) <= limit else title[: limit - 1].rstrip() + "\u2026"
+
+
+def near_duplicates(vectors: sparse.csr_matrix, threshold: float) -> dict[int, set[int]]:
+    """Pairs of candidates at least `threshold` similar, computed once for every profile."""
+    pairs: dict[int, set[int]] = {}
+    if threshold > 1.0:
+        return pairs
+    vectors_t = vectors.T.tocsr()
+    for start in range(0, vectors.shape[0], 1000):
+        block = (vectors[start : start + 1000] @ vectors_t).tocoo()
+        keep = (block.data >= threshold) & (block.row + start != block.col)
+        for i, j in zip(block.row[keep] + start, block.col[keep], strict=True):
+            pairs.setdefault(int(i), set()).add(int(j))
+    return pairs
+
+
+@dataclass
+class _Corpus:
+    """What every chunk of profiles shares: the candidates, scored once."""
+
+    papers: Sequence[RankPaper]
+    vectors: sparse.csr_matrix
+    vectors_t: sparse.csr_matrix
+    semantic_t: np.ndarray | None
+    prior: np.ndarray
+    index: dict[str, int]
+    duplicates: dict[int, set[int]]
+
+
 def rank_papers(
     papers: Sequence[RankPaper],
     profiles: Sequence[Profile],
@@ -188,100 +260,147 @@ def rank_papers(
     config: RankingConfig = RankingConfig(),
     model: TopicModel | None = None,
 ) -> list[list[Pick]]:
-    """For each profile, at most `top_k` picks, best first, each with a one-line reason."""
+    """For each profile, at most `top_k` picks, best first, each with a one-line reason.
+
+    Pass a `model` fitted once on the corpus to score many batches of profiles alike; without
+    one, a model is fitted on the candidates themselves.
+    """
     if not papers or not profiles:
         return [[] for _ in profiles]
     if model is None:
         model = TopicModel.fit([p.text for p in papers])
-    paper_vectors = model.transform([p.text for p in papers])
-    paper_vectors_t = paper_vectors.T.tocsr()
-    rec = recency(papers, now, config.half_life_days)
-    trend = trending(papers, config.trending_reference)
-    prior = config.weight_recency * rec + config.weight_trending * trend
-    index = {p.id: i for i, p in enumerate(papers)}
-
+    vectors = model.transform([p.text for p in papers])
+    semantic = model.semantic(vectors)
+    corpus = _Corpus(
+        papers=papers,
+        vectors=vectors,
+        vectors_t=vectors.T.tocsr(),
+        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T),
+        prior=config.weight_recency * recency(papers, now, config.half_life_days)
+        + config.weight_trending * trending(papers, config.trending_reference),
+        index={p.id: i for i, p in enumerate(papers)},
+        duplicates=near_duplicates(vectors, config.duplicate_similarity),
+    )
     results: list[list[Pick]] = []
     for start in range(0, len(profiles), config.chunk_profiles):
         chunk = profiles[start : start + config.chunk_profiles]
-        results.extend(
-            _rank_chunk(
-                papers, chunk, now, config, model, paper_vectors, paper_vectors_t, prior, index
-            )
-        )
+        results.extend(_rank_chunk(corpus, chunk, now, config, model))
     return results
 
 
+def _similarities(
+    model: TopicModel, corpus: _Corpus, queries: sparse.csr_matrix, config: RankingConfig
+) -> np.ndarray:
+    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine."""
+    sims = (queries @ corpus.vectors_t).toarray()
+    semantic = model.semantic(queries)
+    if semantic is not None and corpus.semantic_t is not None:
+        a = config.semantic_weight
+        sims *= 1.0 - a
+        sims += a * (semantic @ corpus.semantic_t)
+    return sims
+
+
+def _centroids(
+    model: TopicModel, groups: Sequence[Sequence[RankPaper]]
+) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix]]:
+    """One unit centroid per group of papers, and each group's own paper vectors."""
+    flat = [p.text for g in groups for p in g]
+    vectors = model.transform(flat)
+    rows, cols, vals, members, start = [], [], [], [], 0
+    for g_index, group in enumerate(groups):
+        for k in range(len(group)):
+            rows.append(g_index)
+            cols.append(start + k)
+            vals.append(1.0 / len(group))
+        members.append(vectors[start : start + len(group)])
+        start += len(group)
+    owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
+    return normalize(owner @ vectors).astype(np.float32).tocsr(), members
+
+
+LIKED = -2
+
+
 def _rank_chunk(
-    papers: Sequence[RankPaper],
+    corpus: _Corpus,
     profiles: Sequence[Profile],
     now: dt.datetime,
     config: RankingConfig,
     model: TopicModel,
-    paper_vectors: sparse.csr_matrix,
-    paper_vectors_t: sparse.csr_matrix,
-    prior: np.ndarray,
-    index: dict[str, int],
 ) -> list[list[Pick]]:
-    # Build one query row per topic and one per liked/disliked centroid, owned by a profile.
-    texts: list[str] = []
-    labels: list[str] = []
-    owners: list[int] = []
-    weights: list[float] = []
-    for i, profile in enumerate(profiles):
-        for topic in profile.topics:
-            if topic.strip():
-                texts.append(topic)
-                labels.append(f"matches '{topic.strip()}'")
-                owners.append(i)
-                weights.append(1.0)
-        if profile.liked:
-            texts.append(" ".join(p.text for p in profile.liked))
-            labels.append("like papers you liked")
-            owners.append(i)
-            weights.append(config.liked_weight)
-        if profile.disliked:
-            texts.append(" ".join(p.text for p in profile.disliked))
-            labels.append("")
-            owners.append(i)
-            weights.append(-config.disliked_weight)
+    papers = corpus.papers
     n_profiles, n_papers = len(profiles), len(papers)
     relevance = np.zeros((n_profiles, n_papers), dtype=np.float32)
+    # Which topic row gave a paper its relevance (LIKED for the liked papers, -1 for none).
     best_query = np.full((n_profiles, n_papers), -1, dtype=np.int32)
-    if texts:
-        queries = model.transform(texts)
-        sims = (queries @ paper_vectors_t).toarray()  # (queries x papers)
-        owner_arr = np.asarray(owners)
-        weight_arr = np.asarray(weights, dtype=np.float32)
-        positive = weight_arr > 0
-        pos_sims = sims[positive] * weight_arr[positive, None]
-        pos_owner = owner_arr[positive]
-        pos_ids = np.flatnonzero(positive)
-        # Rows are grouped by owner in order: reduce each owner's block to its best query.
-        starts = (
-            np.flatnonzero(np.r_[True, pos_owner[1:] != pos_owner[:-1]])
-            if len(pos_owner)
-            else np.array([], dtype=int)
-        )
-        for k, s in enumerate(starts):
-            e = starts[k + 1] if k + 1 < len(starts) else len(pos_owner)
-            block = pos_sims[s:e]
-            arg = block.argmax(axis=0)
-            relevance[pos_owner[s]] = block[arg, np.arange(n_papers)]
-            best_query[pos_owner[s]] = pos_ids[s:e][arg]
-        negative = ~positive
-        if negative.any():
-            np.add.at(relevance, owner_arr[negative], sims[negative] * weight_arr[negative, None])
 
-    scores = (
-        config.weight_topic * np.minimum(1.0, np.maximum(relevance, 0) / config.relevance_scale)
-        + prior[None, :]
-    )
+    topic_texts: list[str] = []
+    topic_labels: list[str] = []
+    topic_owner: list[int] = []
+    topic_slot: list[int] = []
+    for i, profile in enumerate(profiles):
+        slot = 0
+        for topic in profile.topics:
+            if topic.strip():
+                topic_texts.append(topic)
+                topic_labels.append(f"matches '{topic.strip()}'")
+                topic_owner.append(i)
+                topic_slot.append(slot)
+                slot += 1
+    if topic_texts:
+        sims = _similarities(model, corpus, model.transform(topic_texts), config)
+        owner_arr = np.asarray(topic_owner)
+        slot_arr = np.asarray(topic_slot)
+        relevance[:] = -np.inf
+        # One vectorised max per topic position: profiles have a handful of topics at most.
+        for slot in range(int(slot_arr.max()) + 1):
+            rows = np.flatnonzero(slot_arr == slot)
+            owners = owner_arr[rows]
+            better = sims[rows] > relevance[owners]
+            relevance[owners] = np.where(better, sims[rows], relevance[owners])
+            best_query[owners] = np.where(better, rows[:, None], best_query[owners])
+        relevance[np.isneginf(relevance)] = 0.0
+        del sims
+        multi = [i for i, p in enumerate(profiles) if sum(1 for t in p.topics if t.strip()) > 1]
+        if multi and config.joint_topics > 0:
+            joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
+            sims = _similarities(model, corpus, model.transform(joint), config)
+            j = config.joint_topics
+            relevance[multi] = (1.0 - j) * relevance[multi] + j * sims
+            del sims
+
+    liked_members: dict[int, sparse.csr_matrix] = {}
+    disliked_members: dict[int, sparse.csr_matrix] = {}
+    for kind, members in (("liked", liked_members), ("disliked", disliked_members)):
+        owners_list = [i for i, p in enumerate(profiles) if getattr(p, kind)]
+        if not owners_list:
+            continue
+        centroids, groups = _centroids(model, [getattr(profiles[i], kind) for i in owners_list])
+        sims = _similarities(model, corpus, centroids, config)
+        owners = np.asarray(owners_list)
+        members.update(zip(owners_list, groups, strict=True))
+        if kind == "liked":
+            # Feedback as a second query (Rocchio): papers like the liked ones count as matches.
+            liked_rel = config.liked_weight * sims
+            better = liked_rel > relevance[owners]
+            relevance[owners] = np.where(better, liked_rel, relevance[owners])
+            best_query[owners] = np.where(better, LIKED, best_query[owners])
+        else:
+            relevance[owners] -= config.disliked_weight * np.maximum(sims, 0.0)
+        del sims
+
     blocked = relevance < config.min_relevance
     blocked |= excluded_mask(papers, profiles).toarray()
     for i, profile in enumerate(profiles):
-        seen = [index[pid] for pid in profile.seen if pid in index]
+        seen = [corpus.index[pid] for pid in profile.seen if pid in corpus.index]
         if seen:
             blocked[i, seen] = True
+    # Topical credit relative to the profile's best match of the day (floored by the scale), so
+    # recency and trending weigh the same against it for every kind of profile.
+    best = np.where(blocked, 0.0, relevance).max(axis=1, initial=0.0)
+    scale = np.maximum(best, config.relevance_scale)[:, None]
+    scores = config.weight_topic * np.maximum(relevance, 0.0) / scale + corpus.prior[None, :]
     scores = np.where(blocked, -np.inf, scores)
 
     out: list[list[Pick]] = []
@@ -296,28 +415,96 @@ def _rank_chunk(
         top = np.argpartition(-row, k - 1)[:k] if k < n_papers else np.arange(n_papers)
         top = top[np.isfinite(row[top])]
         # Sort by score, then id, so equal scores give the same order on every run.
-        top = sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id))
-        picks: list[int] = []
-        for j in top:
-            if picks:
-                sim = paper_vectors[picks] @ paper_vectors[j].T
-                if sim.max() >= config.duplicate_similarity:
-                    continue
-            picks.append(j)
-            if len(picks) == config.top_k:
-                break
-        chosen = []
-        for j in picks:
-            q = best_query[i, j]
-            matched = labels[q] if q >= 0 else "topical match"
-            chosen.append(
-                Pick(
-                    paper_id=papers[j].id,
-                    score=round(float(row[j]), 6),
-                    why=explain(papers[j], matched, now),
-                    relevance=round(float(relevance[i, j]), 6),
-                    matched=matched,
+        ordered = sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id))
+        picks = _select(ordered, row, best_query[i], corpus.duplicates, config)
+        out.append(
+            [
+                _pick(
+                    corpus,
+                    profiles[i],
+                    j,
+                    row[j],
+                    relevance[i, j],
+                    best_query[i, j],
+                    now,
+                    topic_labels,
+                    liked_members.get(i),
+                    disliked_members.get(i),
+                    config,
                 )
-            )
-        out.append(chosen)
+                for j in picks
+            ]
+        )
     return out
+
+
+def _select(
+    ordered: list[int],
+    row: np.ndarray,
+    labels: np.ndarray,
+    duplicates: dict[int, set[int]],
+    config: RankingConfig,
+) -> list[int]:
+    """Greedy picks: best adjusted score first, no near-duplicates, topics taking turns."""
+    picks: list[int] = []
+    chosen: set[int] = set()
+    per_label: dict[int, int] = {}
+    remaining = list(ordered)
+    while remaining and len(picks) < config.top_k:
+        best_j, best_value = -1, -np.inf
+        for j in remaining:
+            value = row[j] - config.topic_crowding * per_label.get(int(labels[j]), 0)
+            if value > best_value:
+                best_j, best_value = j, value
+        remaining.remove(best_j)
+        if duplicates.get(best_j, set()) & chosen:
+            continue
+        picks.append(best_j)
+        chosen.add(best_j)
+        label = int(labels[best_j])
+        per_label[label] = per_label.get(label, 0) + 1
+    return picks
+
+
+def _nearest(members: sparse.csr_matrix, vector: sparse.csr_matrix) -> tuple[int, float]:
+    sims = (members @ vector.T).toarray().ravel()
+    k = int(sims.argmax())
+    return k, float(sims[k])
+
+
+def _pick(
+    corpus: _Corpus,
+    profile: Profile,
+    j: int,
+    score: float,
+    relevance: float,
+    query: int,
+    now: dt.datetime,
+    topic_labels: list[str],
+    liked: sparse.csr_matrix | None,
+    disliked: sparse.csr_matrix | None,
+    config: RankingConfig,
+) -> Pick:
+    paper = corpus.papers[j]
+    vector = corpus.vectors[j]
+    extra: list[str] = []
+    if query == LIKED and liked is not None:
+        k, _ = _nearest(liked, vector)
+        matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
+    elif query >= 0:
+        matched = topic_labels[query]
+    else:
+        matched = "topical match"
+    if disliked is not None:
+        k, sim = _nearest(disliked, vector)
+        if sim >= 0.2:
+            extra.append(
+                f"ranked down: near '{_short_title(profile.disliked[k].title)}' you disliked"
+            )
+    return Pick(
+        paper_id=paper.id,
+        score=round(float(score), 6),
+        why=explain(paper, matched, now, extra),
+        relevance=round(float(relevance), 6),
+        matched=matched,
+    )
