@@ -71,9 +71,9 @@ class RankingConfig:
     disliked_weight: float = 0.5
     # Share of the latent-semantic (LSA) similarity in relevance; the rest is TF-IDF cosine.
     semantic_weight: float = 0.7
-    # Each pick already made for the same topic costs the next one this much score, so one
-    # topic does not crowd the others out of a digest.
-    topic_crowding: float = 0.05
+    # Each pick already made for the same topic takes this share off the next one's score, so
+    # one topic does not crowd the others out of a digest.
+    topic_crowding: float = 0.1
     # Share of the all-topics-together query in topical relevance (the rest is the best single
     # topic): papers at the crossing of a profile's topics rise, one-topic matches still count.
     joint_topics: float = 0.5
@@ -93,7 +93,7 @@ class Pick:
 
 
 # Below this many papers a latent space would be noise; TF-IDF alone ranks small corpora.
-MIN_SEMANTIC_DOCS = 200
+MIN_SEMANTIC_DOCS = 1000
 
 
 class TopicModel:
@@ -110,7 +110,9 @@ class TopicModel:
         self.components = components
 
     @classmethod
-    def fit(cls, texts: Sequence[str], *, dimensions: int = 256) -> TopicModel:
+    def fit(
+        cls, texts: Sequence[str], *, dimensions: int = 256, min_docs: int = MIN_SEMANTIC_DOCS
+    ) -> TopicModel:
         texts = list(texts) or ["empty"]
         large = len(texts) >= 1000
         vectorizer = TfidfVectorizer(
@@ -127,7 +129,7 @@ class TopicModel:
         matrix = normalize(vectorizer.fit_transform(texts))
         components = None
         k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
-        if len(texts) >= MIN_SEMANTIC_DOCS and k >= 16:
+        if len(texts) >= min_docs and k >= 16:
             svd = TruncatedSVD(n_components=k, n_iter=4, random_state=0)
             svd.fit(matrix)
             components = np.ascontiguousarray(svd.components_, dtype=np.float32)
@@ -275,7 +277,7 @@ def rank_papers(
         papers=papers,
         vectors=vectors,
         vectors_t=vectors.T.tocsr(),
-        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T),
+        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T, np.float64),
         prior=config.weight_recency * recency(papers, now, config.half_life_days)
         + config.weight_trending * trending(papers, config.trending_reference),
         index={p.id: i for i, p in enumerate(papers)},
@@ -292,12 +294,14 @@ def _similarities(
     model: TopicModel, corpus: _Corpus, queries: sparse.csr_matrix, config: RankingConfig
 ) -> np.ndarray:
     """(queries x papers): TF-IDF cosine blended with latent-semantic cosine."""
-    sims = (queries @ corpus.vectors_t).toarray()
+    sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
     semantic = model.semantic(queries)
     if semantic is not None and corpus.semantic_t is not None:
         a = config.semantic_weight
         sims *= 1.0 - a
-        sims += a * (semantic @ corpus.semantic_t)
+        # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
+        # picks must not depend on which other profiles share its batch.
+        sims += a * (semantic.astype(np.float64) @ corpus.semantic_t)
     return sims
 
 
@@ -423,7 +427,7 @@ def _rank_chunk(
                     corpus,
                     profiles[i],
                     j,
-                    row[j],
+                    score,
                     relevance[i, j],
                     best_query[i, j],
                     now,
@@ -432,7 +436,7 @@ def _rank_chunk(
                     disliked_members.get(i),
                     config,
                 )
-                for j in picks
+                for j, score in picks
             ]
         )
     return out
@@ -444,22 +448,26 @@ def _select(
     labels: np.ndarray,
     duplicates: dict[int, set[int]],
     config: RankingConfig,
-) -> list[int]:
-    """Greedy picks: best adjusted score first, no near-duplicates, topics taking turns."""
-    picks: list[int] = []
+) -> list[tuple[int, float]]:
+    """Greedy picks: best adjusted score first, no near-duplicates, topics taking turns.
+
+    A pick's score is its score discounted by the picks of its topic before it, so the scores
+    of a digest never increase down the list.
+    """
+    picks: list[tuple[int, float]] = []
     chosen: set[int] = set()
     per_label: dict[int, int] = {}
     remaining = list(ordered)
     while remaining and len(picks) < config.top_k:
         best_j, best_value = -1, -np.inf
         for j in remaining:
-            value = row[j] - config.topic_crowding * per_label.get(int(labels[j]), 0)
+            value = row[j] * (1.0 - config.topic_crowding) ** per_label.get(int(labels[j]), 0)
             if value > best_value:
                 best_j, best_value = j, value
         remaining.remove(best_j)
         if duplicates.get(best_j, set()) & chosen:
             continue
-        picks.append(best_j)
+        picks.append((best_j, float(best_value)))
         chosen.add(best_j)
         label = int(labels[best_j])
         per_label[label] = per_label.get(label, 0) + 1
