@@ -71,6 +71,10 @@ class RankingConfig:
     disliked_weight: float = 0.5
     # Share of the latent-semantic (LSA) similarity in relevance; the rest is TF-IDF cosine.
     semantic_weight: float = 0.7
+    # Query expansion in the latent space: each topic (and the liked papers) is moved towards
+    # its nearest papers of the model's corpus by this weight.
+    feedback_papers: int = 30
+    feedback_weight: float = 1.0
     # Each pick already made for the same topic takes this share off the next one's score, so
     # one topic does not crowd the others out of a digest.
     topic_crowding: float = 0.1
@@ -104,14 +108,28 @@ class TopicModel:
     meaning but not words ("legged locomotion" and "quadruped walking").
     """
 
-    def __init__(self, vectorizer: TfidfVectorizer, components: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        vectorizer: TfidfVectorizer,
+        components: np.ndarray | None = None,
+        documents: np.ndarray | None = None,
+    ) -> None:
         self.vectorizer = vectorizer
         # (dimensions x vocabulary): the projection onto the latent space, or None.
         self.components = components
+        # (corpus papers x dimensions), unit rows, float64: the corpus in the latent space, for
+        # query expansion (pseudo-relevance feedback).
+        self.documents = documents
 
     @classmethod
     def fit(
-        cls, texts: Sequence[str], *, dimensions: int = 256, min_docs: int = MIN_SEMANTIC_DOCS
+        cls,
+        texts: Sequence[str],
+        *,
+        dimensions: int = 256,
+        min_docs: int = MIN_SEMANTIC_DOCS,
+        max_features: int = 300_000,
+        svd_iterations: int = 4,
     ) -> TopicModel:
         texts = list(texts) or ["empty"]
         large = len(texts) >= 1000
@@ -122,18 +140,18 @@ class TopicModel:
             # On a real corpus, drop one-off terms and near-stopwords: smaller and sharper.
             min_df=2 if large else 1,
             max_df=0.5 if large else 1.0,
-            max_features=300_000,
+            max_features=max_features,
             dtype=np.float32,
             strip_accents="unicode",
         )
         matrix = normalize(vectorizer.fit_transform(texts))
-        components = None
         k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
-        if len(texts) >= min_docs and k >= 16:
-            svd = TruncatedSVD(n_components=k, n_iter=4, random_state=0)
-            svd.fit(matrix)
-            components = np.ascontiguousarray(svd.components_, dtype=np.float32)
-        return cls(vectorizer, components)
+        if len(texts) < min_docs or k < 16:
+            return cls(vectorizer)
+        svd = TruncatedSVD(n_components=k, n_iter=svd_iterations, random_state=0)
+        documents = normalize(svd.fit_transform(matrix)).astype(np.float64)
+        components = np.ascontiguousarray(svd.components_, dtype=np.float32)
+        return cls(vectorizer, components, documents)
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         return normalize(self.vectorizer.transform(list(texts))).astype(np.float32)
@@ -144,6 +162,24 @@ class TopicModel:
             return None
         dense = np.asarray(vectors @ self.components.T, dtype=np.float32)
         return normalize(dense)
+
+    def expand(self, queries: np.ndarray, documents: int, weight: float) -> np.ndarray:
+        """Pseudo-relevance feedback (Rocchio) in the latent space: move each query towards its
+        `documents` nearest corpus papers, so a two-word topic reaches the vocabulary of its
+        field."""
+        if self.documents is None or documents <= 0 or weight <= 0 or not len(queries):
+            return queries
+        m = min(documents, self.documents.shape[0])
+        out = np.empty_like(queries, dtype=np.float64)
+        # Blocks of queries bound memory at block x corpus size; float64 keeps each row's result
+        # independent of the block it is computed in.
+        for start in range(0, len(queries), 256):
+            block = queries[start : start + 256].astype(np.float64)
+            sims = block @ self.documents.T
+            top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+            centroid = self.documents[top].mean(axis=1)
+            out[start : start + 256] = block + weight * normalize(centroid)
+        return normalize(out)
 
 
 def recency(papers: Sequence[RankPaper], now: dt.datetime, half_life_days: float) -> np.ndarray:
@@ -291,12 +327,19 @@ def rank_papers(
 
 
 def _similarities(
-    model: TopicModel, corpus: _Corpus, queries: sparse.csr_matrix, config: RankingConfig
+    model: TopicModel,
+    corpus: _Corpus,
+    queries: sparse.csr_matrix,
+    config: RankingConfig,
+    *,
+    expand: bool = True,
 ) -> np.ndarray:
     """(queries x papers): TF-IDF cosine blended with latent-semantic cosine."""
     sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
     semantic = model.semantic(queries)
     if semantic is not None and corpus.semantic_t is not None:
+        if expand:
+            semantic = model.expand(semantic, config.feedback_papers, config.feedback_weight)
         a = config.semantic_weight
         sims *= 1.0 - a
         # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
@@ -381,7 +424,7 @@ def _rank_chunk(
         if not owners_list:
             continue
         centroids, groups = _centroids(model, [getattr(profiles[i], kind) for i in owners_list])
-        sims = _similarities(model, corpus, centroids, config)
+        sims = _similarities(model, corpus, centroids, config, expand=kind == "liked")
         owners = np.asarray(owners_list)
         members.update(zip(owners_list, groups, strict=True))
         if kind == "liked":
