@@ -204,24 +204,32 @@ def _term_pattern(term: str) -> re.Pattern[str]:
     return re.compile(r"\b" + r"\s+".join(words) + r"\b")
 
 
-def excluded_mask(papers: Sequence[RankPaper], profiles: Sequence[Profile]) -> sparse.csr_matrix:
+def excluded_mask(
+    papers: Sequence[RankPaper],
+    profiles: Sequence[Profile],
+    term_hits_cache: dict[str, list[int]] | None = None,
+) -> sparse.csr_matrix:
     """(profiles x papers) boolean: True where a paper matches one of the profile's excluded terms.
 
-    Each distinct term is matched once over the corpus, then combined per profile by a sparse
-    product, so thousands of profiles sharing a few terms cost a few regex passes.
+    Each distinct term is matched once over the corpus (and remembered in `term_hits_cache`
+    across batches), then combined per profile by a sparse product, so thousands of profiles
+    sharing a few terms cost a few regex passes.
     """
     terms = sorted({t.strip().casefold() for p in profiles for t in p.exclude if t.strip()})
     if not terms:
         return sparse.csr_matrix((len(profiles), len(papers)), dtype=bool)
-    texts = [f"{p.title} {p.abstract}".casefold() for p in papers]
+    cache = {} if term_hits_cache is None else term_hits_cache
+    texts: list[str] | None = None
     term_index = {t: i for i, t in enumerate(terms)}
     rows, cols = [], []
     for j, term in enumerate(terms):
-        pattern = _term_pattern(term)
-        for i, text in enumerate(texts):
-            if pattern.search(text):
-                rows.append(j)
-                cols.append(i)
+        if term not in cache:
+            if texts is None:
+                texts = [f"{p.title} {p.abstract}".casefold() for p in papers]
+            pattern = _term_pattern(term)
+            cache[term] = [i for i, text in enumerate(texts) if pattern.search(text)]
+        rows.extend([j] * len(cache[term]))
+        cols.extend(cache[term])
     term_hits = sparse.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(terms), len(papers))
     )
@@ -278,16 +286,63 @@ def near_duplicates(vectors: sparse.csr_matrix, threshold: float) -> dict[int, s
 
 
 @dataclass
-class _Corpus:
-    """What every chunk of profiles shares: the candidates, scored once."""
+class Candidates:
+    """The paper side of a ranking, computed once and shared by every batch of profiles."""
 
     papers: Sequence[RankPaper]
+    now: dt.datetime
+    config: RankingConfig
+    model: TopicModel
     vectors: sparse.csr_matrix
     vectors_t: sparse.csr_matrix
     semantic_t: np.ndarray | None
     prior: np.ndarray
     index: dict[str, int]
     duplicates: dict[int, set[int]]
+    # Papers matching each excluded term seen so far (a memo: same answer, computed once).
+    term_hits: dict[str, list[int]] = field(default_factory=dict)
+
+
+def prepare_candidates(
+    papers: Sequence[RankPaper],
+    *,
+    now: dt.datetime,
+    config: RankingConfig = RankingConfig(),
+    model: TopicModel | None = None,
+) -> Candidates:
+    """Vectors, recency, trending and near-duplicates of the candidates, for `rank_candidates`.
+
+    Without a `model`, one is fitted on the candidates themselves.
+    """
+    if model is None:
+        model = TopicModel.fit([p.text for p in papers])
+    vectors = model.transform([p.text for p in papers])
+    semantic = model.semantic(vectors)
+    return Candidates(
+        papers=papers,
+        now=now,
+        config=config,
+        model=model,
+        vectors=vectors,
+        vectors_t=vectors.T.tocsr(),
+        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T, np.float64),
+        prior=config.weight_recency * recency(papers, now, config.half_life_days)
+        + config.weight_trending * trending(papers, config.trending_reference),
+        index={p.id: i for i, p in enumerate(papers)},
+        duplicates=near_duplicates(vectors, config.duplicate_similarity),
+    )
+
+
+def rank_candidates(candidates: Candidates, profiles: Sequence[Profile]) -> list[list[Pick]]:
+    """`rank_papers` for prepared candidates: call it per batch of profiles, all alike."""
+    if not candidates.papers or not profiles:
+        return [[] for _ in profiles]
+    config = candidates.config
+    results: list[list[Pick]] = []
+    for start in range(0, len(profiles), config.chunk_profiles):
+        chunk = profiles[start : start + config.chunk_profiles]
+        results.extend(_rank_chunk(candidates, chunk, candidates.now, config, candidates.model))
+    return results
 
 
 def rank_papers(
@@ -300,35 +355,19 @@ def rank_papers(
 ) -> list[list[Pick]]:
     """For each profile, at most `top_k` picks, best first, each with a one-line reason.
 
-    Pass a `model` fitted once on the corpus to score many batches of profiles alike; without
-    one, a model is fitted on the candidates themselves.
+    Pass a `model` fitted once on the corpus to score many batches of profiles alike (or
+    prepare the candidates once with `prepare_candidates` and call `rank_candidates` per
+    batch); without one, a model is fitted on the candidates themselves.
     """
     if not papers or not profiles:
         return [[] for _ in profiles]
-    if model is None:
-        model = TopicModel.fit([p.text for p in papers])
-    vectors = model.transform([p.text for p in papers])
-    semantic = model.semantic(vectors)
-    corpus = _Corpus(
-        papers=papers,
-        vectors=vectors,
-        vectors_t=vectors.T.tocsr(),
-        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T, np.float64),
-        prior=config.weight_recency * recency(papers, now, config.half_life_days)
-        + config.weight_trending * trending(papers, config.trending_reference),
-        index={p.id: i for i, p in enumerate(papers)},
-        duplicates=near_duplicates(vectors, config.duplicate_similarity),
-    )
-    results: list[list[Pick]] = []
-    for start in range(0, len(profiles), config.chunk_profiles):
-        chunk = profiles[start : start + config.chunk_profiles]
-        results.extend(_rank_chunk(corpus, chunk, now, config, model))
-    return results
+    candidates = prepare_candidates(papers, now=now, config=config, model=model)
+    return rank_candidates(candidates, profiles)
 
 
 def _similarities(
     model: TopicModel,
-    corpus: _Corpus,
+    corpus: Candidates,
     queries: sparse.csr_matrix,
     config: RankingConfig,
     *,
@@ -370,7 +409,7 @@ LIKED = -2
 
 
 def _rank_chunk(
-    corpus: _Corpus,
+    corpus: Candidates,
     profiles: Sequence[Profile],
     now: dt.datetime,
     config: RankingConfig,
@@ -438,7 +477,7 @@ def _rank_chunk(
         del sims
 
     blocked = relevance < config.min_relevance
-    blocked |= excluded_mask(papers, profiles).toarray()
+    blocked |= excluded_mask(papers, profiles, corpus.term_hits).toarray()
     for i, profile in enumerate(profiles):
         seen = [corpus.index[pid] for pid in profile.seen if pid in corpus.index]
         if seen:
@@ -524,7 +563,7 @@ def _nearest(members: sparse.csr_matrix, vector: sparse.csr_matrix) -> tuple[int
 
 
 def _pick(
-    corpus: _Corpus,
+    corpus: Candidates,
     profile: Profile,
     j: int,
     score: float,
@@ -537,16 +576,16 @@ def _pick(
     config: RankingConfig,
 ) -> Pick:
     paper = corpus.papers[j]
-    vector = corpus.vectors[j]
+    vector = corpus.vectors[j] if liked is not None or disliked is not None else None
     extra: list[str] = []
-    if query == LIKED and liked is not None:
+    if query == LIKED and liked is not None and vector is not None:
         k, _ = _nearest(liked, vector)
         matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
     elif query >= 0:
         matched = topic_labels[query]
     else:
         matched = "topical match"
-    if disliked is not None:
+    if disliked is not None and vector is not None:
         k, sim = _nearest(disliked, vector)
         if sim >= 0.2:
             extra.append(

@@ -3,7 +3,13 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest.ranking import RankingConfig, TopicModel, rank_papers
+from digest.ranking import (
+    RankingConfig,
+    TopicModel,
+    prepare_candidates,
+    rank_candidates,
+    rank_papers,
+)
 from tests.factories import NOW, make_profile, make_rank_paper
 
 DIFFUSION = "Diffusion models for image generation"
@@ -325,6 +331,10 @@ def test_a_model_fitted_once_has_a_latent_space_and_ranks_batches_alike():
         papers, profiles[1:], now=NOW, model=model
     )
     assert whole == halves
+    prepared = prepare_candidates(papers, now=NOW, model=model)
+    assert (
+        rank_candidates(prepared, profiles[:2]) + rank_candidates(prepared, profiles[2:]) == whole
+    )
     robot, speech, privacy = whole
     assert robot and all(p.paper_id.startswith("robot") for p in robot)
     assert speech and all(p.paper_id.startswith("speech") for p in speech)
