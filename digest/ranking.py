@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +75,8 @@ class RankingConfig:
     # its nearest papers of the model's corpus by this weight.
     feedback_papers: int = 30
     feedback_weight: float = 1.0
+    # Share of sentence-embedding similarity in relevance, when the model has an encoder.
+    embedding_weight: float = 0.5
     # Each pick already made for the same topic takes this share off the next one's score, so
     # one topic does not crowd the others out of a digest.
     topic_crowding: float = 0.1
@@ -96,6 +98,9 @@ class Pick:
     matched: str
 
 
+# An optional sentence-embedding backend: texts in, unit-norm rows out (see digest/embeddings.py).
+Encoder = Callable[[Sequence[str]], np.ndarray]
+
 # Below this many papers a latent space would be noise; TF-IDF alone ranks small corpora.
 MIN_SEMANTIC_DOCS = 1000
 
@@ -113,6 +118,7 @@ class TopicModel:
         vectorizer: TfidfVectorizer,
         components: np.ndarray | None = None,
         documents: np.ndarray | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self.vectorizer = vectorizer
         # (dimensions x vocabulary): the projection onto the latent space, or None.
@@ -120,6 +126,8 @@ class TopicModel:
         # (corpus papers x dimensions), unit rows, float64: the corpus in the latent space, for
         # query expansion (pseudo-relevance feedback).
         self.documents = documents
+        # Optional sentence embeddings, blended into relevance by `embedding_weight`.
+        self.encoder = encoder
 
     @classmethod
     def fit(
@@ -130,6 +138,7 @@ class TopicModel:
         min_docs: int = MIN_SEMANTIC_DOCS,
         max_features: int = 300_000,
         svd_iterations: int = 4,
+        encoder: Encoder | None = None,
     ) -> TopicModel:
         texts = list(texts) or ["empty"]
         large = len(texts) >= 1000
@@ -147,11 +156,11 @@ class TopicModel:
         matrix = normalize(vectorizer.fit_transform(texts))
         k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
         if len(texts) < min_docs or k < 16:
-            return cls(vectorizer)
+            return cls(vectorizer, encoder=encoder)
         svd = TruncatedSVD(n_components=k, n_iter=svd_iterations, random_state=0)
         documents = normalize(svd.fit_transform(matrix)).astype(np.float64)
         components = np.ascontiguousarray(svd.components_, dtype=np.float32)
-        return cls(vectorizer, components, documents)
+        return cls(vectorizer, components, documents, encoder)
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         return normalize(self.vectorizer.transform(list(texts))).astype(np.float32)
@@ -299,6 +308,8 @@ class Candidates:
     prior: np.ndarray
     index: dict[str, int]
     duplicates: dict[int, set[int]]
+    # (embedding dimensions x papers), when the model has an encoder.
+    embedded_t: np.ndarray | None = None
     # Papers matching each excluded term seen so far (a memo: same answer, computed once).
     term_hits: dict[str, list[int]] = field(default_factory=dict)
 
@@ -330,7 +341,15 @@ def prepare_candidates(
         + config.weight_trending * trending(papers, config.trending_reference),
         index={p.id: i for i, p in enumerate(papers)},
         duplicates=near_duplicates(vectors, config.duplicate_similarity),
+        embedded_t=None
+        if model.encoder is None
+        else np.ascontiguousarray(_encode(model, [p.text for p in papers]).T),
     )
+
+
+def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
+    assert model.encoder is not None
+    return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))
 
 
 def rank_candidates(candidates: Candidates, profiles: Sequence[Profile]) -> list[list[Pick]]:
@@ -372,8 +391,10 @@ def _similarities(
     config: RankingConfig,
     *,
     expand: bool = True,
+    embedded: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine."""
+    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine (and with
+    sentence-embedding cosine when the queries' `embedded` rows are given)."""
     sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
     semantic = model.semantic(queries)
     if semantic is not None and corpus.semantic_t is not None:
@@ -384,13 +405,18 @@ def _similarities(
         # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
         # picks must not depend on which other profiles share its batch.
         sims += a * (semantic.astype(np.float64) @ corpus.semantic_t)
+    if embedded is not None and corpus.embedded_t is not None:
+        e = config.embedding_weight
+        sims *= 1.0 - e
+        sims += e * (embedded @ corpus.embedded_t)
     return sims
 
 
 def _centroids(
     model: TopicModel, groups: Sequence[Sequence[RankPaper]]
-) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix]]:
-    """One unit centroid per group of papers, and each group's own paper vectors."""
+) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
+    """One unit centroid per group of papers, each group's own paper vectors, and the
+    centroids' sentence embeddings when the model has an encoder."""
     flat = [p.text for g in groups for p in g]
     vectors = model.transform(flat)
     rows, cols, vals, members, start = [], [], [], [], 0
@@ -402,7 +428,10 @@ def _centroids(
         members.append(vectors[start : start + len(group)])
         start += len(group)
     owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
-    return normalize(owner @ vectors).astype(np.float32).tocsr(), members
+    embedded = None
+    if model.encoder is not None:
+        embedded = normalize(owner @ _encode(model, flat))
+    return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
 
 
 LIKED = -2
@@ -435,7 +464,13 @@ def _rank_chunk(
                 topic_slot.append(slot)
                 slot += 1
     if topic_texts:
-        sims = _similarities(model, corpus, model.transform(topic_texts), config)
+        sims = _similarities(
+            model,
+            corpus,
+            model.transform(topic_texts),
+            config,
+            embedded=_encode(model, topic_texts) if model.encoder else None,
+        )
         owner_arr = np.asarray(topic_owner)
         slot_arr = np.asarray(topic_slot)
         relevance[:] = -np.inf
@@ -451,7 +486,13 @@ def _rank_chunk(
         multi = [i for i, p in enumerate(profiles) if sum(1 for t in p.topics if t.strip()) > 1]
         if multi and config.joint_topics > 0:
             joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
-            sims = _similarities(model, corpus, model.transform(joint), config)
+            sims = _similarities(
+                model,
+                corpus,
+                model.transform(joint),
+                config,
+                embedded=_encode(model, joint) if model.encoder else None,
+            )
             j = config.joint_topics
             relevance[multi] = (1.0 - j) * relevance[multi] + j * sims
             del sims
@@ -462,8 +503,12 @@ def _rank_chunk(
         owners_list = [i for i, p in enumerate(profiles) if getattr(p, kind)]
         if not owners_list:
             continue
-        centroids, groups = _centroids(model, [getattr(profiles[i], kind) for i in owners_list])
-        sims = _similarities(model, corpus, centroids, config, expand=kind == "liked")
+        centroids, groups, embedded = _centroids(
+            model, [getattr(profiles[i], kind) for i in owners_list]
+        )
+        sims = _similarities(
+            model, corpus, centroids, config, expand=kind == "liked", embedded=embedded
+        )
         owners = np.asarray(owners_list)
         members.update(zip(owners_list, groups, strict=True))
         if kind == "liked":
