@@ -1,5 +1,6 @@
 import datetime as dt
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -368,3 +369,42 @@ def test_one_topic_does_not_crowd_out_the_others():
     assert "walk" not in ids(without) and len(without) == 5
     assert "walk" in ids(with_turns)
     assert "matches 'legged robots'" in with_turns[ids(with_turns).index("walk")].why
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional embedding backend: any encoder (texts in, unit rows out) joins the relevance.
+
+
+class ConceptEncoder:
+    """A tiny real encoder: words mapped onto shared concepts, so synonyms embed alike."""
+
+    CONCEPTS = {"legged": 0, "quadruped": 0, "walking": 0, "locomotion": 0, "speech": 1, "voice": 1}
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        rows = np.full((len(texts), 3), 0.01)
+        for i, text in enumerate(texts):
+            for word in text.lower().replace(".", " ").split():
+                if word in self.CONCEPTS:
+                    rows[i, self.CONCEPTS[word]] += 1.0
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
+    papers = [
+        make_rank_paper(id="quad", title="Quadruped walking", abstract="Quadruped walking."),
+        make_rank_paper(id="voice", title="Voice cloning", abstract="Voice cloning."),
+        *[make_rank_paper() for _ in range(6)],
+    ]
+    profile = make_profile(topics=("legged locomotion",))
+    (plain,) = rank_papers(papers, [profile], now=NOW)
+    assert "quad" not in ids(plain)  # no shared word: TF-IDF alone cannot see it
+    encoder = ConceptEncoder()
+    model = TopicModel.fit([p.text for p in papers], encoder=encoder)
+    (embedded,) = rank_papers(papers, [profile], now=NOW, model=model)
+    assert ids(embedded)[0] == "quad" and "voice" not in ids(embedded)
+    assert "matches 'legged locomotion'" in embedded[0].why
+    assert encoder.calls >= 2  # the candidates, then the topics
