@@ -1,7 +1,7 @@
 """Speed benchmark: 100,000 profiles x 5,000 papers, batch ranking against a per-subscriber loop.
 
 - ours: one `TopicModel` fitted and the candidates prepared once for the run
-  (`prepare_candidates`), then `rank_candidates` per batch of 500 profiles as the delivery
+  (`prepare_corpus`), then `rank_prepared` per batch of 500 profiles as the delivery
   pipeline does; each call scores its batch with matrix products.
 - loop: the obvious alternative, one subscriber at a time: the same precomputed paper vectors
   and the same score parts (TF-IDF and latent cosine, recency), but a Python loop over
@@ -39,8 +39,8 @@ from digest.ranking import (  # noqa: E402
     RankingConfig,
     RankPaper,
     TopicModel,
-    prepare_candidates,
-    rank_candidates,
+    prepare_corpus,
+    rank_prepared,
     recency,
 )
 
@@ -146,11 +146,11 @@ def main() -> int:
 
     t0, c0 = time.perf_counter(), time.process_time()
     model = TopicModel.fit([p.text for p in papers])
-    candidates = prepare_candidates(papers, now=now, config=config, model=model)
+    candidates = prepare_corpus(papers, now=now, config=config, model=model)
     fit_wall = time.perf_counter() - t0
     picks = 0
     for start in range(0, len(profiles), BATCH):
-        ranked = rank_candidates(candidates, profiles[start : start + BATCH])
+        ranked = rank_prepared(candidates, profiles[start : start + BATCH])
         picks += sum(len(r) for r in ranked)
         done = start + BATCH
         if done % 20_000 == 0:

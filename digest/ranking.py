@@ -295,7 +295,7 @@ def near_duplicates(vectors: sparse.csr_matrix, threshold: float) -> dict[int, s
 
 
 @dataclass
-class Candidates:
+class PreparedCorpus:
     """The paper side of a ranking, computed once and shared by every batch of profiles."""
 
     papers: Sequence[RankPaper]
@@ -314,14 +314,14 @@ class Candidates:
     term_hits: dict[str, list[int]] = field(default_factory=dict)
 
 
-def prepare_candidates(
+def prepare_corpus(
     papers: Sequence[RankPaper],
     *,
     now: dt.datetime,
     config: RankingConfig = RankingConfig(),
     model: TopicModel | None = None,
-) -> Candidates:
-    """Vectors, recency, trending and near-duplicates of the candidates, for `rank_candidates`.
+) -> PreparedCorpus:
+    """Vectors, recency, trending and near-duplicates of the candidates, for `rank_prepared`.
 
     Without a `model`, one is fitted on the candidates themselves.
     """
@@ -329,7 +329,7 @@ def prepare_candidates(
         model = TopicModel.fit([p.text for p in papers])
     vectors = model.transform([p.text for p in papers])
     semantic = model.semantic(vectors)
-    return Candidates(
+    return PreparedCorpus(
         papers=papers,
         now=now,
         config=config,
@@ -352,15 +352,24 @@ def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
     return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))
 
 
-def rank_candidates(candidates: Candidates, profiles: Sequence[Profile]) -> list[list[Pick]]:
-    """`rank_papers` for prepared candidates: call it per batch of profiles, all alike."""
-    if not candidates.papers or not profiles:
+def rank_prepared(
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    *,
+    config: RankingConfig | None = None,
+) -> list[list[Pick]]:
+    """`rank_papers` against a prepared corpus: call it per batch of profiles, all alike.
+
+    `config` (default: the one the corpus was prepared with) sets the profile side; recency,
+    trending and near-duplicates keep the corpus's settings.
+    """
+    if not corpus.papers or not profiles:
         return [[] for _ in profiles]
-    config = candidates.config
+    config = config or corpus.config
     results: list[list[Pick]] = []
     for start in range(0, len(profiles), config.chunk_profiles):
         chunk = profiles[start : start + config.chunk_profiles]
-        results.extend(_rank_chunk(candidates, chunk, candidates.now, config, candidates.model))
+        results.extend(_rank_chunk(corpus, chunk, corpus.now, config, corpus.model))
     return results
 
 
@@ -375,18 +384,18 @@ def rank_papers(
     """For each profile, at most `top_k` picks, best first, each with a one-line reason.
 
     Pass a `model` fitted once on the corpus to score many batches of profiles alike (or
-    prepare the candidates once with `prepare_candidates` and call `rank_candidates` per
+    prepare the candidates once with `prepare_corpus` and call `rank_prepared` per
     batch); without one, a model is fitted on the candidates themselves.
     """
     if not papers or not profiles:
         return [[] for _ in profiles]
-    candidates = prepare_candidates(papers, now=now, config=config, model=model)
-    return rank_candidates(candidates, profiles)
+    corpus = prepare_corpus(papers, now=now, config=config, model=model)
+    return rank_prepared(corpus, profiles)
 
 
 def _similarities(
     model: TopicModel,
-    corpus: Candidates,
+    corpus: PreparedCorpus,
     queries: sparse.csr_matrix,
     config: RankingConfig,
     *,
@@ -438,7 +447,7 @@ LIKED = -2
 
 
 def _rank_chunk(
-    corpus: Candidates,
+    corpus: PreparedCorpus,
     profiles: Sequence[Profile],
     now: dt.datetime,
     config: RankingConfig,
@@ -608,7 +617,7 @@ def _nearest(members: sparse.csr_matrix, vector: sparse.csr_matrix) -> tuple[int
 
 
 def _pick(
-    corpus: Candidates,
+    corpus: PreparedCorpus,
     profile: Profile,
     j: int,
     score: float,

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from digest.ranking import (
     RankingConfig,
     TopicModel,
-    prepare_candidates,
-    rank_candidates,
+    prepare_corpus,
     rank_papers,
+    rank_prepared,
 )
 from tests.factories import NOW, make_profile, make_rank_paper
 
@@ -332,10 +332,10 @@ def test_a_model_fitted_once_has_a_latent_space_and_ranks_batches_alike():
         papers, profiles[1:], now=NOW, model=model
     )
     assert whole == halves
-    prepared = prepare_candidates(papers, now=NOW, model=model)
-    assert (
-        rank_candidates(prepared, profiles[:2]) + rank_candidates(prepared, profiles[2:]) == whole
-    )
+    prepared = prepare_corpus(papers, now=NOW, model=model)
+    assert rank_prepared(prepared, profiles[:2]) + rank_prepared(prepared, profiles[2:]) == whole
+    shorter = rank_prepared(prepared, profiles, config=RankingConfig(top_k=2))
+    assert [picks[:2] for picks in whole] == shorter
     robot, speech, privacy = whole
     assert robot and all(p.paper_id.startswith("robot") for p in robot)
     assert speech and all(p.paper_id.startswith("speech") for p in speech)
