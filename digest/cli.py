@@ -419,6 +419,8 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     """
     import dataclasses
     import gzip
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
     from digest.papers import BadLine
     from digest.rankfile import read_profiles, read_rank_papers, result_line
@@ -436,9 +438,12 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
         if now.tzinfo is None:
             now = now.replace(tzinfo=dt.UTC)
 
-    def read(path: Path, reader):  # type: ignore[no-untyped-def]
+    def read(
+        path: Path, reader: Callable[[Iterable[str]], Iterator[Any]]
+    ) -> tuple[list[Any], list[BadLine]]:
         opener = gzip.open if path.suffix == ".gz" else open
-        good, bad = [], []
+        good: list[Any] = []
+        bad: list[BadLine] = []
         try:
             with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
                 for item in reader(handle):
