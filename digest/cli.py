@@ -554,5 +554,92 @@ def unsubscribes_process(app: App, path: Path) -> None:
         click.echo(f"  {o.result:>20}  {who} [message {o.key}]{detail}")
 
 
+@main.command()
+@click.option(
+    "--papers",
+    "papers_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Candidate papers, JSON Lines in the paper format (.jsonl or .jsonl.gz).",
+)
+@click.option(
+    "--profiles",
+    "profiles_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='Profiles, JSON Lines: {"id", "topics", "exclude", "liked", "disliked"}.',
+)
+@click.option("--now", "now_text", metavar="ISO-TIME", help="Rank as of this time (default: now).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000))
+@pass_app
+def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None, top: int) -> None:
+    """Rank PAPERS for each profile: one JSON line per profile on stdout, no database touched.
+
+    Bad lines are reported on stderr and skipped; the exit status is 1 if there were any.
+    """
+    import dataclasses
+    import gzip
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from digest.papers import BadLine
+    from digest.rankfile import read_profiles, read_rank_papers, result_line
+    from digest.ranking import TopicModel, rank_papers
+
+    if now_text is None:
+        now = now_utc()
+    else:
+        try:
+            now = dt.datetime.fromisoformat(now_text.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{now_text!r} is not a time like 2026-06-12T08:00:00Z", param_hint="--now"
+            ) from exc
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.UTC)
+
+    def read(
+        path: Path, reader: Callable[[Iterable[str]], Iterator[Any]]
+    ) -> tuple[list[Any], list[BadLine]]:
+        opener = gzip.open if path.suffix == ".gz" else open
+        good: list[Any] = []
+        bad: list[BadLine] = []
+        try:
+            with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+                for item in reader(handle):
+                    (bad if isinstance(item, BadLine) else good).append(item)
+        except (UnicodeDecodeError, OSError) as exc:
+            raise click.ClickException(f"cannot read {path}: {exc}") from exc
+        for line in bad:
+            click.echo(f"{path.name} line {line.line_number}: {line.error} (skipped)", err=True)
+        return good, bad
+
+    papers, bad_papers = read(papers_file, read_rank_papers)
+    profiles, bad_profiles = read(profiles_file, read_profiles)
+    config = dataclasses.replace(services.ranking_config(app.settings), top_k=top)
+    model = TopicModel.fit([p.text for p in papers]) if papers else None
+    batch = 500
+    with click.progressbar(
+        length=len(profiles), label="Ranking", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
+        for start in range(0, len(profiles), batch):
+            chunk = profiles[start : start + batch]
+            ranked = rank_papers(papers, chunk, now=now, config=config, model=model)
+            for profile, picks in zip(chunk, ranked, strict=True):
+                click.echo(result_line(profile, picks))
+            bar.update(len(chunk))
+    click.echo(
+        f"Ranked {len(papers)} papers for {len(profiles)} profiles as of {now.isoformat()}"
+        + (
+            f"; skipped {len(bad_papers)} bad paper and {len(bad_profiles)} bad profile lines"
+            if bad_papers or bad_profiles
+            else ""
+        ),
+        err=True,
+    )
+    if bad_papers or bad_profiles:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

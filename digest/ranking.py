@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 DAY = 86400.0
@@ -55,21 +56,37 @@ class Profile:
 class RankingConfig:
     top_k: int = 10
     half_life_days: float = 3.0
+    # Below this relevance a paper is not sent at all: an empty day is better than noise.
     min_relevance: float = 0.05
     weight_topic: float = 0.6
     weight_recency: float = 0.25
     weight_trending: float = 0.15
-    # Relevance (a cosine) at or above this counts as a full topical match.
+    # The topical part is relevance over the profile's best relevance of the day, but never over
+    # less than this: on a day with only weak matches, none of them gets full topical credit.
     relevance_scale: float = 0.35
     # Upvotes (plus half the comments) that count as fully trending, on a log scale.
     trending_reference: float = 200.0
     # How much a liked paper counts against a topic, and how hard dislikes push down.
     liked_weight: float = 0.9
     disliked_weight: float = 0.5
+    # Share of the latent-semantic (LSA) similarity in relevance; the rest is TF-IDF cosine.
+    semantic_weight: float = 0.7
+    # Query expansion in the latent space: each topic (and the liked papers) is moved towards
+    # its nearest papers of the model's corpus by this weight.
+    feedback_papers: int = 30
+    feedback_weight: float = 1.0
+    # Share of sentence-embedding similarity in relevance, when the model has an encoder.
+    embedding_weight: float = 0.5
+    # Each pick already made for the same topic takes this share off the next one's score, so
+    # one topic does not crowd the others out of a digest.
+    topic_crowding: float = 0.1
+    # Share of the all-topics-together query in topical relevance (the rest is the best single
+    # topic): papers at the crossing of a profile's topics rise, one-topic matches still count.
+    joint_topics: float = 0.5
     # Two picks more similar than this are near-duplicates: keep only the better one.
     duplicate_similarity: float = 0.75
     # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
-    chunk_profiles: int = 2000
+    chunk_profiles: int = 1000
 
 
 @dataclass(frozen=True)
@@ -81,45 +98,97 @@ class Pick:
     matched: str
 
 
-class TopicModel:
-    """TF-IDF over hashed word unigrams and bigrams, with IDF fitted on a paper corpus.
+# An optional sentence-embedding backend: texts in, unit-norm rows out (see digest/embeddings.py).
+Encoder = Callable[[Sequence[str]], np.ndarray]
 
-    Hashing keeps no vocabulary: fitting 5,000 abstracts takes under a second instead of six,
-    and a worker does not hold a dictionary of half a million bigrams.
+# Below this many papers a latent space would be noise; TF-IDF alone ranks small corpora.
+MIN_SEMANTIC_DOCS = 1000
+
+
+class TopicModel:
+    """TF-IDF plus a latent-semantic (LSA) space fitted on a paper corpus.
+
+    Fit it once per run on the paper store (or let `rank_papers` fit it on the candidates) and
+    pass it to every batch; refit as papers arrive. The LSA space matches papers that share
+    meaning but not words ("legged locomotion" and "quadruped walking").
     """
 
-    def __init__(self, hasher: HashingVectorizer, idf: TfidfTransformer) -> None:
-        self.hasher = hasher
-        self.idf = idf
+    def __init__(
+        self,
+        vectorizer: TfidfVectorizer,
+        components: np.ndarray | None = None,
+        documents: np.ndarray | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self.vectorizer = vectorizer
+        # (dimensions x vocabulary): the projection onto the latent space, or None.
+        self.components = components
+        # (corpus papers x dimensions), unit rows, float64: the corpus in the latent space, for
+        # query expansion (pseudo-relevance feedback).
+        self.documents = documents
+        # Optional sentence embeddings, blended into relevance by `embedding_weight`.
+        self.encoder = encoder
 
-    @staticmethod
-    def _hasher() -> HashingVectorizer:
-        return HashingVectorizer(
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        *,
+        dimensions: int = 256,
+        min_docs: int = MIN_SEMANTIC_DOCS,
+        max_features: int = 300_000,
+        svd_iterations: int = 4,
+        encoder: Encoder | None = None,
+    ) -> TopicModel:
+        texts = list(texts) or ["empty"]
+        large = len(texts) >= 1000
+        vectorizer = TfidfVectorizer(
             stop_words="english",
+            sublinear_tf=True,
             ngram_range=(1, 2),
-            n_features=2**21,
-            alternate_sign=False,
-            norm=None,
-            strip_accents="unicode",
+            # On a real corpus, drop one-off terms and near-stopwords: smaller and sharper.
+            min_df=2 if large else 1,
+            max_df=0.5 if large else 1.0,
+            max_features=max_features,
             dtype=np.float32,
+            strip_accents="unicode",
         )
-
-    @classmethod
-    def fit(cls, texts: Sequence[str]) -> TopicModel:
-        return cls.fit_transform(texts)[0]
-
-    @classmethod
-    def fit_transform(cls, texts: Sequence[str]) -> tuple[TopicModel, sparse.csr_matrix]:
-        hasher = cls._hasher()
-        counts = hasher.transform(list(texts) or ["empty"])
-        idf = TfidfTransformer(sublinear_tf=True)
-        weighted = idf.fit_transform(counts)
-        vectors = normalize(weighted).astype(np.float32)
-        return cls(hasher, idf), vectors[: len(texts)]
+        matrix = normalize(vectorizer.fit_transform(texts))
+        k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
+        if len(texts) < min_docs or k < 16:
+            return cls(vectorizer, encoder=encoder)
+        svd = TruncatedSVD(n_components=k, n_iter=svd_iterations, random_state=0)
+        documents = normalize(svd.fit_transform(matrix)).astype(np.float64)
+        components = np.ascontiguousarray(svd.components_, dtype=np.float32)
+        return cls(vectorizer, components, documents, encoder)
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
-        weighted = self.idf.transform(self.hasher.transform(list(texts)))
-        return normalize(weighted).astype(np.float32)
+        return normalize(self.vectorizer.transform(list(texts))).astype(np.float32)
+
+    def semantic(self, vectors: sparse.csr_matrix) -> np.ndarray | None:
+        """Unit vectors in the latent space for these TF-IDF rows (None without one)."""
+        if self.components is None:
+            return None
+        dense = np.asarray(vectors @ self.components.T, dtype=np.float32)
+        return normalize(dense)
+
+    def expand(self, queries: np.ndarray, documents: int, weight: float) -> np.ndarray:
+        """Pseudo-relevance feedback (Rocchio) in the latent space: move each query towards its
+        `documents` nearest corpus papers, so a two-word topic reaches the vocabulary of its
+        field."""
+        if self.documents is None or documents <= 0 or weight <= 0 or not len(queries):
+            return queries
+        m = min(documents, self.documents.shape[0])
+        out = np.empty_like(queries, dtype=np.float64)
+        # Blocks of queries bound memory at block x corpus size; float64 keeps each row's result
+        # independent of the block it is computed in.
+        for start in range(0, len(queries), 256):
+            block = queries[start : start + 256].astype(np.float64)
+            sims = block @ self.documents.T
+            top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+            centroid = self.documents[top].mean(axis=1)
+            out[start : start + 256] = block + weight * normalize(centroid)
+        return normalize(out)
 
 
 def recency(papers: Sequence[RankPaper], now: dt.datetime, half_life_days: float) -> np.ndarray:
@@ -144,24 +213,34 @@ def _term_pattern(term: str) -> re.Pattern[str]:
     return re.compile(r"\b" + r"\s+".join(words) + r"\b")
 
 
-def excluded_mask(corpus: PreparedCorpus, profiles: Sequence[Profile]) -> sparse.csr_matrix:
+def excluded_mask(
+    papers: Sequence[RankPaper],
+    profiles: Sequence[Profile],
+    term_hits_cache: dict[str, list[int]] | None = None,
+) -> sparse.csr_matrix:
     """(profiles x papers) boolean: True where a paper matches one of the profile's excluded terms.
 
-    Each distinct term is matched once over the corpus (and remembered), then combined per
-    profile by a sparse product, so thousands of profiles sharing a few terms cost a few passes.
+    Each distinct term is matched once over the corpus (and remembered in `term_hits_cache`
+    across batches), then combined per profile by a sparse product, so thousands of profiles
+    sharing a few terms cost a few regex passes.
     """
-    n_papers = len(corpus.papers)
     terms = sorted({t.strip().casefold() for p in profiles for t in p.exclude if t.strip()})
     if not terms:
-        return sparse.csr_matrix((len(profiles), n_papers), dtype=bool)
+        return sparse.csr_matrix((len(profiles), len(papers)), dtype=bool)
+    cache = {} if term_hits_cache is None else term_hits_cache
+    texts: list[str] | None = None
     term_index = {t: i for i, t in enumerate(terms)}
     rows, cols = [], []
     for j, term in enumerate(terms):
-        hits = corpus.term_hits(term)
-        rows.extend([j] * len(hits))
-        cols.extend(hits.tolist())
+        if term not in cache:
+            if texts is None:
+                texts = [f"{p.title} {p.abstract}".casefold() for p in papers]
+            pattern = _term_pattern(term)
+            cache[term] = [i for i, text in enumerate(texts) if pattern.search(text)]
+        rows.extend([j] * len(cache[term]))
+        cols.extend(cache[term])
     term_hits = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(terms), n_papers)
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(terms), len(papers))
     )
     prow, pcol = [], []
     for i, profile in enumerate(profiles):
@@ -184,8 +263,8 @@ def _age_phrase(paper: RankPaper, now: dt.datetime) -> str | None:
     return "1 day old" if days == 1 else f"{days} days old"
 
 
-def explain(paper: RankPaper, matched: str, now: dt.datetime) -> str:
-    parts = [matched]
+def explain(paper: RankPaper, matched: str, now: dt.datetime, extra: Sequence[str] = ()) -> str:
+    parts = [matched, *extra]
     if paper.upvotes:
         parts.append(f"{paper.upvotes} upvote" + ("" if paper.upvotes == 1 else "s"))
     if paper.comments:
@@ -196,55 +275,43 @@ def explain(paper: RankPaper, matched: str, now: dt.datetime) -> str:
     return "; ".join(parts)
 
 
-@dataclass(frozen=True)
-class PreparedCorpus:
-    """Everything about the candidate papers that does not depend on a profile.
+def _short_title(title: str, limit: int = 60) -> str:
+    title = " ".join(title.split())
+    return title if len(title) <= limit else title[: limit - 1].rstrip() + "\u2026"
 
-    Prepare it once per digest run and rank every batch of subscribers against it.
-    """
+
+def near_duplicates(vectors: sparse.csr_matrix, threshold: float) -> dict[int, set[int]]:
+    """Pairs of candidates at least `threshold` similar, computed once for every profile."""
+    pairs: dict[int, set[int]] = {}
+    if threshold > 1.0:
+        return pairs
+    vectors_t = vectors.T.tocsr()
+    for start in range(0, vectors.shape[0], 1000):
+        block = (vectors[start : start + 1000] @ vectors_t).tocoo()
+        keep = (block.data >= threshold) & (block.row + start != block.col)
+        for i, j in zip(block.row[keep] + start, block.col[keep], strict=True):
+            pairs.setdefault(int(i), set()).add(int(j))
+    return pairs
+
+
+@dataclass
+class PreparedCorpus:
+    """The paper side of a ranking, computed once and shared by every batch of profiles."""
 
     papers: Sequence[RankPaper]
+    now: dt.datetime
+    config: RankingConfig
     model: TopicModel
     vectors: sparse.csr_matrix
     vectors_t: sparse.csr_matrix
+    semantic_t: np.ndarray | None
     prior: np.ndarray
     index: dict[str, int]
-    now: dt.datetime
-    # Memoised as rankings ask: paper index -> its near-duplicates; excluded term -> matches.
-    _duplicates: dict[int, frozenset[int]] = field(default_factory=dict)
-    _term_hits: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def prefetch_duplicates(self, indices: Iterable[int], threshold: float) -> None:
-        """Find the near-duplicates of many papers with one sparse product."""
-        new = sorted({int(j) for j in indices} - self._duplicates.keys())
-        if not new:
-            return
-        sims = (self.vectors[new] @ self.vectors_t).tocsr()
-        for row, j in enumerate(new):
-            start, end = sims.indptr[row], sims.indptr[row + 1]
-            cols = sims.indices[start:end][sims.data[start:end] >= threshold]
-            self._duplicates[j] = frozenset(cols.tolist()) - {j}
-
-    def near_duplicates(self, j: int, threshold: float) -> frozenset[int]:
-        if j not in self._duplicates:
-            self.prefetch_duplicates([j], threshold)
-        return self._duplicates[j]
-
-    def term_hits(self, term: str) -> np.ndarray:
-        """Indices of the papers whose title or abstract contains the term (memoised)."""
-        hits = self._term_hits.get(term)
-        if hits is None:
-            pattern = _term_pattern(term)
-            hits = np.array(
-                [
-                    i
-                    for i, p in enumerate(self.papers)
-                    if pattern.search(f"{p.title} {p.abstract}".casefold())
-                ],
-                dtype=np.int64,
-            )
-            self._term_hits[term] = hits
-        return hits
+    duplicates: dict[int, set[int]]
+    # (embedding dimensions x papers), when the model has an encoder.
+    embedded_t: np.ndarray | None = None
+    # Papers matching each excluded term seen so far (a memo: same answer, computed once).
+    term_hits: dict[str, list[int]] = field(default_factory=dict)
 
 
 def prepare_corpus(
@@ -254,36 +321,55 @@ def prepare_corpus(
     config: RankingConfig = RankingConfig(),
     model: TopicModel | None = None,
 ) -> PreparedCorpus:
+    """Vectors, recency, trending and near-duplicates of the candidates, for `rank_prepared`.
+
+    Without a `model`, one is fitted on the candidates themselves.
+    """
     if model is None:
-        model, vectors = TopicModel.fit_transform([p.text for p in papers])
-    else:
-        vectors = model.transform([p.text for p in papers])
-    prior = config.weight_recency * recency(papers, now, config.half_life_days)
-    prior = prior + config.weight_trending * trending(papers, config.trending_reference)
+        model = TopicModel.fit([p.text for p in papers])
+    vectors = model.transform([p.text for p in papers])
+    semantic = model.semantic(vectors)
     return PreparedCorpus(
         papers=papers,
+        now=now,
+        config=config,
         model=model,
         vectors=vectors,
         vectors_t=vectors.T.tocsr(),
-        prior=prior,
+        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T, np.float64),
+        prior=config.weight_recency * recency(papers, now, config.half_life_days)
+        + config.weight_trending * trending(papers, config.trending_reference),
         index={p.id: i for i, p in enumerate(papers)},
-        now=now,
+        duplicates=near_duplicates(vectors, config.duplicate_similarity),
+        embedded_t=None
+        if model.encoder is None
+        else np.ascontiguousarray(_encode(model, [p.text for p in papers]).T),
     )
+
+
+def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
+    assert model.encoder is not None
+    return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))
 
 
 def rank_prepared(
     corpus: PreparedCorpus,
     profiles: Sequence[Profile],
     *,
-    config: RankingConfig = RankingConfig(),
+    config: RankingConfig | None = None,
 ) -> list[list[Pick]]:
-    """For each profile, at most `top_k` picks from a prepared corpus, best first."""
+    """`rank_papers` against a prepared corpus: call it per batch of profiles, all alike.
+
+    `config` (default: the one the corpus was prepared with) sets the profile side; recency,
+    trending and near-duplicates keep the corpus's settings.
+    """
     if not corpus.papers or not profiles:
         return [[] for _ in profiles]
+    config = config or corpus.config
     results: list[list[Pick]] = []
     for start in range(0, len(profiles), config.chunk_profiles):
         chunk = profiles[start : start + config.chunk_profiles]
-        results.extend(_rank_chunk(corpus, chunk, config))
+        results.extend(_rank_chunk(corpus, chunk, corpus.now, config, corpus.model))
     return results
 
 
@@ -295,123 +381,274 @@ def rank_papers(
     config: RankingConfig = RankingConfig(),
     model: TopicModel | None = None,
 ) -> list[list[Pick]]:
-    """For each profile, at most `top_k` picks, best first, each with a one-line reason."""
+    """For each profile, at most `top_k` picks, best first, each with a one-line reason.
+
+    Pass a `model` fitted once on the corpus to score many batches of profiles alike (or
+    prepare the candidates once with `prepare_corpus` and call `rank_prepared` per
+    batch); without one, a model is fitted on the candidates themselves.
+    """
     if not papers or not profiles:
         return [[] for _ in profiles]
     corpus = prepare_corpus(papers, now=now, config=config, model=model)
-    return rank_prepared(corpus, profiles, config=config)
+    return rank_prepared(corpus, profiles)
+
+
+def _similarities(
+    model: TopicModel,
+    corpus: PreparedCorpus,
+    queries: sparse.csr_matrix,
+    config: RankingConfig,
+    *,
+    expand: bool = True,
+    embedded: np.ndarray | None = None,
+) -> np.ndarray:
+    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine (and with
+    sentence-embedding cosine when the queries' `embedded` rows are given)."""
+    sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
+    semantic = model.semantic(queries)
+    if semantic is not None and corpus.semantic_t is not None:
+        if expand:
+            semantic = model.expand(semantic, config.feedback_papers, config.feedback_weight)
+        a = config.semantic_weight
+        sims *= 1.0 - a
+        # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
+        # picks must not depend on which other profiles share its batch.
+        sims += a * (semantic.astype(np.float64) @ corpus.semantic_t)
+    if embedded is not None and corpus.embedded_t is not None:
+        e = config.embedding_weight
+        sims *= 1.0 - e
+        sims += e * (embedded @ corpus.embedded_t)
+    return sims
+
+
+def _centroids(
+    model: TopicModel, groups: Sequence[Sequence[RankPaper]]
+) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
+    """One unit centroid per group of papers, each group's own paper vectors, and the
+    centroids' sentence embeddings when the model has an encoder."""
+    flat = [p.text for g in groups for p in g]
+    vectors = model.transform(flat)
+    rows, cols, vals, members, start = [], [], [], [], 0
+    for g_index, group in enumerate(groups):
+        for k in range(len(group)):
+            rows.append(g_index)
+            cols.append(start + k)
+            vals.append(1.0 / len(group))
+        members.append(vectors[start : start + len(group)])
+        start += len(group)
+    owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
+    embedded = None
+    if model.encoder is not None:
+        embedded = normalize(owner @ _encode(model, flat))
+    return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
+
+
+LIKED = -2
 
 
 def _rank_chunk(
     corpus: PreparedCorpus,
     profiles: Sequence[Profile],
+    now: dt.datetime,
     config: RankingConfig,
+    model: TopicModel,
 ) -> list[list[Pick]]:
-    papers, now, model = corpus.papers, corpus.now, corpus.model
-    paper_vectors_t, prior, index = corpus.vectors_t, corpus.prior, corpus.index
-    # Build one query row per topic and one per liked/disliked centroid, owned by a profile.
-    texts: list[str] = []
-    labels: list[str] = []
-    owners: list[int] = []
-    weights: list[float] = []
-    for i, profile in enumerate(profiles):
-        for topic in profile.topics:
-            if topic.strip():
-                texts.append(topic)
-                labels.append(f"matches '{topic.strip()}'")
-                owners.append(i)
-                weights.append(1.0)
-        if profile.liked:
-            texts.append(" ".join(p.text for p in profile.liked))
-            labels.append("like papers you liked")
-            owners.append(i)
-            weights.append(config.liked_weight)
-        if profile.disliked:
-            texts.append(" ".join(p.text for p in profile.disliked))
-            labels.append("")
-            owners.append(i)
-            weights.append(-config.disliked_weight)
+    papers = corpus.papers
     n_profiles, n_papers = len(profiles), len(papers)
     relevance = np.zeros((n_profiles, n_papers), dtype=np.float32)
+    # Which topic row gave a paper its relevance (LIKED for the liked papers, -1 for none).
     best_query = np.full((n_profiles, n_papers), -1, dtype=np.int32)
-    if texts:
-        queries = model.transform(texts)
-        sims = (queries @ paper_vectors_t).toarray()  # (queries x papers)
-        owner_arr = np.asarray(owners)
-        weight_arr = np.asarray(weights, dtype=np.float32)
-        positive = weight_arr > 0
-        pos_sims = sims[positive] * weight_arr[positive, None]
-        pos_owner = owner_arr[positive]
-        pos_ids = np.flatnonzero(positive)
-        # Rows are grouped by owner in order: reduce each owner's block to its best query.
-        starts = (
-            np.flatnonzero(np.r_[True, pos_owner[1:] != pos_owner[:-1]])
-            if len(pos_owner)
-            else np.array([], dtype=int)
-        )
-        for k, s in enumerate(starts):
-            e = starts[k + 1] if k + 1 < len(starts) else len(pos_owner)
-            block = pos_sims[s:e]
-            arg = block.argmax(axis=0)
-            relevance[pos_owner[s]] = block[arg, np.arange(n_papers)]
-            best_query[pos_owner[s]] = pos_ids[s:e][arg]
-        negative = ~positive
-        if negative.any():
-            np.add.at(relevance, owner_arr[negative], sims[negative] * weight_arr[negative, None])
 
-    scores = (
-        config.weight_topic * np.minimum(1.0, np.maximum(relevance, 0) / config.relevance_scale)
-        + prior[None, :]
-    )
-    blocked = relevance < config.min_relevance
-    blocked |= excluded_mask(corpus, profiles).toarray()
+    topic_texts: list[str] = []
+    topic_labels: list[str] = []
+    topic_owner: list[int] = []
+    topic_slot: list[int] = []
     for i, profile in enumerate(profiles):
-        seen = [index[pid] for pid in profile.seen if pid in index]
+        slot = 0
+        for topic in profile.topics:
+            if topic.strip():
+                topic_texts.append(topic)
+                topic_labels.append(f"matches '{topic.strip()}'")
+                topic_owner.append(i)
+                topic_slot.append(slot)
+                slot += 1
+    if topic_texts:
+        sims = _similarities(
+            model,
+            corpus,
+            model.transform(topic_texts),
+            config,
+            embedded=_encode(model, topic_texts) if model.encoder else None,
+        )
+        owner_arr = np.asarray(topic_owner)
+        slot_arr = np.asarray(topic_slot)
+        relevance[:] = -np.inf
+        # One vectorised max per topic position: profiles have a handful of topics at most.
+        for slot in range(int(slot_arr.max()) + 1):
+            rows = np.flatnonzero(slot_arr == slot)
+            owners = owner_arr[rows]
+            better = sims[rows] > relevance[owners]
+            relevance[owners] = np.where(better, sims[rows], relevance[owners])
+            best_query[owners] = np.where(better, rows[:, None], best_query[owners])
+        relevance[np.isneginf(relevance)] = 0.0
+        del sims
+        multi = [i for i, p in enumerate(profiles) if sum(1 for t in p.topics if t.strip()) > 1]
+        if multi and config.joint_topics > 0:
+            joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
+            sims = _similarities(
+                model,
+                corpus,
+                model.transform(joint),
+                config,
+                embedded=_encode(model, joint) if model.encoder else None,
+            )
+            j = config.joint_topics
+            relevance[multi] = (1.0 - j) * relevance[multi] + j * sims
+            del sims
+
+    liked_members: dict[int, sparse.csr_matrix] = {}
+    disliked_members: dict[int, sparse.csr_matrix] = {}
+    for kind, members in (("liked", liked_members), ("disliked", disliked_members)):
+        owners_list = [i for i, p in enumerate(profiles) if getattr(p, kind)]
+        if not owners_list:
+            continue
+        centroids, groups, embedded = _centroids(
+            model, [getattr(profiles[i], kind) for i in owners_list]
+        )
+        sims = _similarities(
+            model, corpus, centroids, config, expand=kind == "liked", embedded=embedded
+        )
+        owners = np.asarray(owners_list)
+        members.update(zip(owners_list, groups, strict=True))
+        if kind == "liked":
+            # Feedback as a second query (Rocchio): papers like the liked ones count as matches.
+            liked_rel = config.liked_weight * sims
+            better = liked_rel > relevance[owners]
+            relevance[owners] = np.where(better, liked_rel, relevance[owners])
+            best_query[owners] = np.where(better, LIKED, best_query[owners])
+        else:
+            relevance[owners] -= config.disliked_weight * np.maximum(sims, 0.0)
+        del sims
+
+    blocked = relevance < config.min_relevance
+    blocked |= excluded_mask(papers, profiles, corpus.term_hits).toarray()
+    for i, profile in enumerate(profiles):
+        seen = [corpus.index[pid] for pid in profile.seen if pid in corpus.index]
         if seen:
             blocked[i, seen] = True
+    # Topical credit relative to the profile's best match of the day (floored by the scale), so
+    # recency and trending weigh the same against it for every kind of profile.
+    best = np.where(blocked, 0.0, relevance).max(axis=1, initial=0.0)
+    scale = np.maximum(best, config.relevance_scale)[:, None]
+    scores = config.weight_topic * np.maximum(relevance, 0.0) / scale + corpus.prior[None, :]
     scores = np.where(blocked, -np.inf, scores)
 
+    out: list[list[Pick]] = []
     pool = max(config.top_k * 4, config.top_k + 10)
-    tops: list[list[int]] = []
     for i in range(n_profiles):
         row = scores[i]
         allowed = int(np.count_nonzero(np.isfinite(row)))
         if allowed == 0:
-            tops.append([])
+            out.append([])
             continue
         k = min(pool, allowed)
         top = np.argpartition(-row, k - 1)[:k] if k < n_papers else np.arange(n_papers)
         top = top[np.isfinite(row[top])]
         # Sort by score, then id, so equal scores give the same order on every run.
-        tops.append(sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id)))
-    corpus.prefetch_duplicates(
-        (j for ranked in tops for j in ranked[: config.top_k * 2]), config.duplicate_similarity
-    )
-
-    out: list[list[Pick]] = []
-    for i, ranked in enumerate(tops):
-        row = scores[i]
-        picks: list[int] = []
-        for j in ranked:
-            if picks and not corpus.near_duplicates(j, config.duplicate_similarity).isdisjoint(
-                picks
-            ):
-                continue
-            picks.append(j)
-            if len(picks) == config.top_k:
-                break
-        chosen = []
-        for j in picks:
-            q = best_query[i, j]
-            matched = labels[q] if q >= 0 else "topical match"
-            chosen.append(
-                Pick(
-                    paper_id=papers[j].id,
-                    score=round(float(row[j]), 6),
-                    why=explain(papers[j], matched, now),
-                    relevance=round(float(relevance[i, j]), 6),
-                    matched=matched,
+        ordered = sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id))
+        picks = _select(ordered, row, best_query[i], corpus.duplicates, config)
+        out.append(
+            [
+                _pick(
+                    corpus,
+                    profiles[i],
+                    j,
+                    score,
+                    relevance[i, j],
+                    best_query[i, j],
+                    now,
+                    topic_labels,
+                    liked_members.get(i),
+                    disliked_members.get(i),
+                    config,
                 )
-            )
-        out.append(chosen)
+                for j, score in picks
+            ]
+        )
     return out
+
+
+def _select(
+    ordered: list[int],
+    row: np.ndarray,
+    labels: np.ndarray,
+    duplicates: dict[int, set[int]],
+    config: RankingConfig,
+) -> list[tuple[int, float]]:
+    """Greedy picks: best adjusted score first, no near-duplicates, topics taking turns.
+
+    A pick's score is its score discounted by the picks of its topic before it, so the scores
+    of a digest never increase down the list.
+    """
+    picks: list[tuple[int, float]] = []
+    chosen: set[int] = set()
+    per_label: dict[int, int] = {}
+    remaining = list(ordered)
+    while remaining and len(picks) < config.top_k:
+        best_j, best_value = -1, -np.inf
+        for j in remaining:
+            value = row[j] * (1.0 - config.topic_crowding) ** per_label.get(int(labels[j]), 0)
+            if value > best_value:
+                best_j, best_value = j, value
+        remaining.remove(best_j)
+        if duplicates.get(best_j, set()) & chosen:
+            continue
+        picks.append((best_j, float(best_value)))
+        chosen.add(best_j)
+        label = int(labels[best_j])
+        per_label[label] = per_label.get(label, 0) + 1
+    return picks
+
+
+def _nearest(members: sparse.csr_matrix, vector: sparse.csr_matrix) -> tuple[int, float]:
+    sims = (members @ vector.T).toarray().ravel()
+    k = int(sims.argmax())
+    return k, float(sims[k])
+
+
+def _pick(
+    corpus: PreparedCorpus,
+    profile: Profile,
+    j: int,
+    score: float,
+    relevance: float,
+    query: int,
+    now: dt.datetime,
+    topic_labels: list[str],
+    liked: sparse.csr_matrix | None,
+    disliked: sparse.csr_matrix | None,
+    config: RankingConfig,
+) -> Pick:
+    paper = corpus.papers[j]
+    vector = corpus.vectors[j] if liked is not None or disliked is not None else None
+    extra: list[str] = []
+    if query == LIKED and liked is not None and vector is not None:
+        k, _ = _nearest(liked, vector)
+        matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
+    elif query >= 0:
+        matched = topic_labels[query]
+    else:
+        matched = "topical match"
+    if disliked is not None and vector is not None:
+        k, sim = _nearest(disliked, vector)
+        if sim >= 0.2:
+            extra.append(
+                f"ranked down: near '{_short_title(profile.disliked[k].title)}' you disliked"
+            )
+    return Pick(
+        paper_id=paper.id,
+        score=round(float(score), 6),
+        why=explain(paper, matched, now, extra),
+        relevance=round(float(relevance), 6),
+        matched=matched,
+    )
