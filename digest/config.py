@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -78,6 +79,9 @@ class Settings(BaseSettings):
     smtp_rate_burst: int = Field(default=50, ge=1)
     # Permanent failures (5xx) in a row after which an address is suppressed.
     suppress_after_failures: int = Field(default=3, ge=1)
+    # Where the worker processes of a host share the day's prepared candidate corpus (fitted
+    # once, loaded by the others). Only this service should be able to write there.
+    cache_dir: Path = Path(tempfile.gettempdir()) / "digest-cache"
     # Celery: seconds before an unacknowledged task of a dead worker is delivered again.
     visibility_timeout: int = Field(default=3600, ge=1)
 

@@ -8,12 +8,18 @@ accepted each message, and a sweeper queues again what a dead worker or a lost t
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import fcntl
+import hashlib
+import os
+import pickle
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
@@ -298,12 +304,32 @@ def _plan_page(
 # Ranking cache
 
 
-class CorpusCache:
-    """Prepared candidate corpora by digest date, reused across batches for `max_age` seconds."""
+def _release_freed_memory() -> None:
+    """Give the heap freed after fitting (a vocabulary of every bigram, SVD work arrays) back
+    to the operating system, so a long-lived worker does not keep its peak for the day."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
-    def __init__(self, max_age: float = 600.0, clock: Callable[[], float] = time.monotonic):
+
+class CorpusCache:
+    """Prepared candidate corpora by digest date, reused across batches for `max_age` seconds.
+
+    With a `directory`, a prepared corpus is also shared between the worker processes of a
+    host: the first to need it fits the model (seconds, and the memory peak of the day) under a
+    file lock and writes it; the others wait for the lock and load it.
+    """
+
+    def __init__(
+        self,
+        max_age: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        directory: Path | None = None,
+    ):
         self.max_age = max_age
         self.clock = clock
+        self.directory = directory
         self._entries: dict[dt.date, tuple[float, PreparedCorpus, dict[str, Paper]]] = {}
 
     def get(
@@ -319,14 +345,59 @@ class CorpusCache:
         for paper in papers:
             session.expunge(paper)  # kept across sessions; never expired or flushed
         papers.sort(key=lambda p: p.id)  # the same corpus ranks the same, whatever the query order
-        corpus = prepare_corpus(
-            [services.to_rank_paper(p) for p in papers],
-            now=as_of,
-            config=services.ranking_config(settings),
-        )
+        corpus = self._prepare(papers, as_of, settings)
         by_id = {p.id: p for p in papers}
+        _release_freed_memory()
         self._entries = {digest_date: (self.clock(), corpus, by_id)}  # keep one date's corpus
         return corpus, by_id
+
+    def _prepare(
+        self, papers: list[Paper], as_of: dt.datetime, settings: Settings
+    ) -> PreparedCorpus:
+        config = services.ranking_config(settings)
+
+        def prepare() -> PreparedCorpus:
+            return prepare_corpus(
+                [services.to_rank_paper(p) for p in papers], now=as_of, config=config
+            )
+
+        if self.directory is None:
+            return prepare()
+        # Same candidates, same configuration, same ten minutes: the same prepared corpus.
+        bucket = as_of.replace(minute=as_of.minute - as_of.minute % 10, second=0, microsecond=0)
+        key = hashlib.sha256(
+            repr((bucket.isoformat(), config, [(p.id, p.updated_at) for p in papers])).encode()
+        ).hexdigest()[:32]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"corpus-{key}.pickle"
+        with open(self.directory / f"corpus-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                try:
+                    with path.open("rb") as handle:
+                        loaded = pickle.load(handle)  # written by this service, below
+                    if isinstance(loaded, PreparedCorpus):
+                        return loaded
+                except (OSError, pickle.UnpicklingError, EOFError):
+                    pass  # a damaged file is prepared again
+            corpus = prepare()
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("wb") as out:
+                pickle.dump(corpus, out, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+            _remove_stale(self.directory, keep=path)
+            return corpus
+
+
+def _remove_stale(directory: Path, *, keep: Path, max_age: float = 86400.0) -> None:
+    """Prepared corpora older than a day are of no use to anyone."""
+    cutoff = time.time() - max_age
+    for old in directory.glob("corpus-*"):
+        try:
+            if old != keep and old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,6 +140,29 @@ class TopicModel:
         svd_iterations: int = 4,
         encoder: Encoder | None = None,
     ) -> TopicModel:
+        return cls.fit_transform(
+            texts,
+            dimensions=dimensions,
+            min_docs=min_docs,
+            max_features=max_features,
+            svd_iterations=svd_iterations,
+            encoder=encoder,
+        )[0]
+
+    @classmethod
+    def fit_transform(
+        cls,
+        texts: Sequence[str],
+        *,
+        dimensions: int = 256,
+        min_docs: int = MIN_SEMANTIC_DOCS,
+        max_features: int = 300_000,
+        svd_iterations: int = 4,
+        encoder: Encoder | None = None,
+    ) -> tuple[TopicModel, sparse.csr_matrix]:
+        """The fitted model and the TF-IDF rows of `texts` (what `transform` would give),
+        tokenising the texts once instead of twice."""
+        given = len(texts)
         texts = list(texts) or ["empty"]
         large = len(texts) >= 1000
         vectorizer = TfidfVectorizer(
@@ -154,13 +177,14 @@ class TopicModel:
             strip_accents="unicode",
         )
         matrix = normalize(vectorizer.fit_transform(texts))
+        rows = matrix[:given].astype(np.float32)
         k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
         if len(texts) < min_docs or k < 16:
-            return cls(vectorizer, encoder=encoder)
+            return cls(vectorizer, encoder=encoder), rows
         svd = TruncatedSVD(n_components=k, n_iter=svd_iterations, random_state=0)
         documents = normalize(svd.fit_transform(matrix)).astype(np.float64)
         components = np.ascontiguousarray(svd.components_, dtype=np.float32)
-        return cls(vectorizer, components, documents, encoder)
+        return cls(vectorizer, components, documents, encoder), rows
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         return normalize(self.vectorizer.transform(list(texts))).astype(np.float32)
@@ -326,8 +350,9 @@ def prepare_corpus(
     Without a `model`, one is fitted on the candidates themselves.
     """
     if model is None:
-        model = TopicModel.fit([p.text for p in papers])
-    vectors = model.transform([p.text for p in papers])
+        model, vectors = TopicModel.fit_transform([p.text for p in papers])
+    else:
+        vectors = model.transform([p.text for p in papers])
     semantic = model.semantic(vectors)
     return PreparedCorpus(
         papers=papers,

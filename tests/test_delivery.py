@@ -140,3 +140,38 @@ def test_why_explains_what_was_sent_and_why_nothing_was(engine, db_settings):
     assert any("Diffusion models at scale — matches 'diffusion models'" in line for line in a)
     assert b[1] == f"{NOW.date().isoformat()}: skipped: no new paper above the relevance threshold"
     assert c[1] == f"{NOW.date().isoformat()}: nothing sent: not confirmed yet"
+
+
+def test_a_prepared_corpus_is_shared_through_the_cache_directory(
+    engine, db_settings, tmp_path, monkeypatch
+):
+    with Session(engine) as session:
+        seed(session)
+        first = delivery.CorpusCache(directory=tmp_path / "cache")
+        corpus, papers = first.get(
+            session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
+        )
+        assert len(list((tmp_path / "cache").glob("corpus-*.pickle"))) == 1
+
+        # Another worker process (a fresh cache) loads it instead of fitting again.
+        def no_fitting(*args, **kwargs):
+            raise AssertionError("prepared again instead of loaded")
+
+        monkeypatch.setattr(delivery, "prepare_corpus", no_fitting)
+        second = delivery.CorpusCache(directory=tmp_path / "cache")
+        loaded, _ = second.get(
+            session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
+        )
+        profile = services.profiles_for(
+            session=session,
+            subscribers=[
+                services.add_subscriber(
+                    session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+                )
+            ],
+        )
+        config = services.ranking_config(db_settings)
+        assert delivery.rank_prepared(loaded, profile, config=config) == delivery.rank_prepared(
+            corpus, profile, config=config
+        )
+        assert [p.id for p in loaded.papers] == sorted(papers)

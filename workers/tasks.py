@@ -14,8 +14,9 @@ from digest.db import create_schema, make_engine, session_scope
 from digest.mailer import Mailer, mailer_for
 from workers.app import app
 
-# One per worker process: the prepared candidate corpus is reused across batches.
-_corpus_cache = delivery.CorpusCache()
+# One per worker process: the prepared candidate corpus is reused across batches, and shared
+# with the other worker processes of the host through the cache directory.
+_corpus_cache = delivery.CorpusCache(directory=get_settings().cache_dir)
 
 
 @lru_cache(maxsize=1)
