@@ -304,7 +304,7 @@ def _plan_page(
 # Ranking cache
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Give the heap freed after fitting (a vocabulary of every bigram, SVD work arrays) back
     to the operating system, so a long-lived worker does not keep its peak for the day."""
     try:
@@ -347,7 +347,7 @@ class CorpusCache:
         papers.sort(key=lambda p: p.id)  # the same corpus ranks the same, whatever the query order
         corpus = self._prepare(papers, as_of, settings)
         by_id = {p.id: p for p in papers}
-        _release_freed_memory()
+        release_freed_memory()
         self._entries = {digest_date: (self.clock(), corpus, by_id)}  # keep one date's corpus
         return corpus, by_id
 

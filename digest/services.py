@@ -477,6 +477,9 @@ def ranking_config(settings: Settings) -> RankingConfig:
         weight_topic=settings.weight_topic,
         weight_recency=settings.weight_recency,
         weight_trending=settings.weight_trending,
+        # A worker ranks 250 subscribers per matrix product: the dense similarity blocks of a
+        # batch stay small (results do not depend on the chunking).
+        chunk_profiles=250,
     )
 
 

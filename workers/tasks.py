@@ -88,6 +88,8 @@ def send_batch(delivery_ids: list[int]) -> dict[str, Any]:
             cache=_corpus_cache,
             clock=_now,
         )
+    # A long-lived worker hands the heap a batch freed back to the OS.
+    delivery.release_freed_memory()
     # Temporary failures come back at their retry time, one task per moment.
     retries: dict[dt.datetime, list[int]] = {}
     for delivery_id, retry_at in summary.retry:
