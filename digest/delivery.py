@@ -41,7 +41,7 @@ from digest.models import (
     SubscriberStatus,
     UTCDateTime,
 )
-from digest.ranking import Pick, PreparedCorpus, prepare_corpus, rank_prepared
+from digest.ranking import Pick, PreparedCorpus, RankPaper, prepare_corpus, rank_prepared
 from digest.render import Envelope, Mail, render_digest
 from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
 
@@ -357,9 +357,7 @@ class CorpusCache:
         config = services.ranking_config(settings)
 
         def prepare() -> PreparedCorpus:
-            return prepare_corpus(
-                [services.to_rank_paper(p) for p in papers], now=as_of, config=config
-            )
+            return prepare_corpus([RankPaper.of(p) for p in papers], now=as_of, config=config)
 
         if self.directory is None:
             return prepare()

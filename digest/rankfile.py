@@ -16,19 +16,6 @@ from digest.papers import BadLine, PaperIn, read_papers
 from digest.ranking import Pick, Profile, RankPaper
 
 
-def to_rank_paper(paper: PaperIn) -> RankPaper:
-    return RankPaper(
-        id=paper.id,
-        title=paper.title,
-        abstract=paper.abstract,
-        published=paper.published,
-        first_seen=paper.first_seen,
-        upvotes=paper.upvotes,
-        comments=paper.comments,
-        categories=tuple(paper.categories),
-    )
-
-
 class ProfileIn(BaseModel):
     """One line of PROFILES.jsonl; every key but `id` is optional."""
 
@@ -55,14 +42,14 @@ class ProfileIn(BaseModel):
             id=self.id,
             topics=tuple(t for t in self.topics if t.strip()),
             exclude=tuple(t for t in self.exclude if t.strip()),
-            liked=tuple(to_rank_paper(p) for p in self.liked),
-            disliked=tuple(to_rank_paper(p) for p in self.disliked),
+            liked=tuple(RankPaper.of(p) for p in self.liked),
+            disliked=tuple(RankPaper.of(p) for p in self.disliked),
         )
 
 
 def read_rank_papers(lines: Iterable[str]) -> Iterator[RankPaper | BadLine]:
     for item in read_papers(lines):
-        yield item if isinstance(item, BadLine) else to_rank_paper(item)
+        yield item if isinstance(item, BadLine) else RankPaper.of(item)
 
 
 def read_profiles(lines: Iterable[str]) -> Iterator[Profile | BadLine]:

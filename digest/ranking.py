@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -31,6 +32,21 @@ class RankPaper:
     upvotes: int | None = None
     comments: int | None = None
     categories: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, record: Any) -> RankPaper:
+        """The ranking view of any paper record with the usual fields (a stored Paper, a
+        PaperIn read from a file)."""
+        return cls(
+            id=record.id,
+            title=record.title,
+            abstract=record.abstract,
+            published=record.published,
+            first_seen=record.first_seen,
+            upvotes=record.upvotes,
+            comments=record.comments,
+            categories=tuple(record.categories),
+        )
 
     @property
     def text(self) -> str:

@@ -215,19 +215,6 @@ def candidate_papers(*, session: Session, as_of: dt.datetime, days: int) -> list
     return list(session.exec(statement))
 
 
-def to_rank_paper(paper: Paper) -> RankPaper:
-    return RankPaper(
-        id=paper.id,
-        title=paper.title,
-        abstract=paper.abstract,
-        published=paper.published,
-        first_seen=paper.first_seen,
-        upvotes=paper.upvotes,
-        comments=paper.comments,
-        categories=tuple(paper.categories),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Subscribers
 
@@ -512,7 +499,7 @@ def profiles_for(*, session: Session, subscribers: Sequence[Subscriber]) -> list
         )
         for feedback, paper in session.exec(statement):
             target = liked if feedback.value > 0 else disliked
-            target[feedback.subscriber_id].append(to_rank_paper(paper))
+            target[feedback.subscriber_id].append(RankPaper.of(paper))
     profiles = []
     for s in subscribers:
         assert s.id is not None
@@ -549,7 +536,7 @@ def rank_for(
     papers = candidate_papers(session=session, as_of=as_of, days=settings.candidate_days)
     profiles = profiles_for(session=session, subscribers=subscribers)
     picks = rank_papers(
-        [to_rank_paper(p) for p in papers], profiles, now=as_of, config=ranking_config(settings)
+        [RankPaper.of(p) for p in papers], profiles, now=as_of, config=ranking_config(settings)
     )
     return Ranked(
         picks={s.id: p for s, p in zip(subscribers, picks, strict=True) if s.id is not None},
