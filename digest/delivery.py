@@ -344,7 +344,6 @@ class CorpusCache:
         )
         for paper in papers:
             session.expunge(paper)  # kept across sessions; never expired or flushed
-        papers.sort(key=lambda p: p.id)  # the same corpus ranks the same, whatever the query order
         corpus = self._prepare(papers, as_of, settings)
         by_id = {p.id: p for p in papers}
         release_freed_memory()

@@ -10,7 +10,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,6 +20,9 @@ _TAG = re.compile(r"<[^>]{1,200}>")
 
 
 _NEWLINE_TAB = str.maketrans("", "", "\n\t")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def clean_text(value: str) -> str:
@@ -157,8 +160,11 @@ class BadLine:
     error: str
 
 
-def read_papers(lines: Iterable[str]) -> Iterator[PaperIn | BadLine]:
-    """Each line's paper, or a BadLine saying why it could not be read; blank lines are skipped."""
+def read_json_lines(
+    lines: Iterable[str], model: type[ModelT], what: str
+) -> Iterator[ModelT | BadLine]:
+    """Each line as a `model`, or a BadLine saying why it could not be read (`what` names the
+    thing in errors); blank lines are skipped."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -166,13 +172,18 @@ def read_papers(lines: Iterable[str]) -> Iterator[PaperIn | BadLine]:
             data = json.loads(line)
             if not isinstance(data, dict):
                 raise ValueError("a line must hold one JSON object")
-            yield PaperIn.model_validate(data)
+            yield model.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "paper"
+            where = ".".join(str(part) for part in first["loc"]) or what
             yield BadLine(number, f"{where}: {first['msg']}")
         except ValueError as exc:
             yield BadLine(number, str(exc))
+
+
+def read_papers(lines: Iterable[str]) -> Iterator[PaperIn | BadLine]:
+    """Each line's paper, or a BadLine saying why it could not be read; blank lines are skipped."""
+    return read_json_lines(lines, PaperIn, "paper")
 
 
 def write_papers(papers: Iterable[PaperIn], out: IO[str]) -> int:

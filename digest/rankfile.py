@@ -10,9 +10,9 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from digest.papers import BadLine, PaperIn, read_papers
+from digest.papers import BadLine, PaperIn, read_json_lines, read_papers
 from digest.ranking import Pick, Profile, RankPaper
 
 
@@ -54,20 +54,8 @@ def read_rank_papers(lines: Iterable[str]) -> Iterator[RankPaper | BadLine]:
 
 def read_profiles(lines: Iterable[str]) -> Iterator[Profile | BadLine]:
     """Each line's profile, or a BadLine saying why it could not be read; blank lines skipped."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            if not isinstance(data, dict):
-                raise ValueError("a line must hold one JSON object")
-            yield ProfileIn.model_validate(data).to_profile()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "profile"
-            yield BadLine(number, f"{where}: {first['msg']}")
-        except ValueError as exc:
-            yield BadLine(number, str(exc))
+    for item in read_json_lines(lines, ProfileIn, "profile"):
+        yield item if isinstance(item, BadLine) else item.to_profile()
 
 
 def result_line(profile: Profile, picks: Sequence[Pick]) -> str:

@@ -206,11 +206,19 @@ def load_seeds(*, session: Session, settings: Settings, now: dt.datetime) -> Imp
 
 
 def candidate_papers(*, session: Session, as_of: dt.datetime, days: int) -> list[Paper]:
-    """Papers first listed or published within `days` before `as_of`."""
+    """Papers first listed or published within `days` before `as_of`, by id.
+
+    The order is fixed so that every caller (the send, the preview) ranks the same corpus the
+    same way, whatever order the database would return.
+    """
     since = as_of - dt.timedelta(days=days)
-    statement = select(Paper).where(
-        ((col(Paper.first_seen) >= since) & (col(Paper.first_seen) <= as_of))
-        | ((col(Paper.published) >= since) & (col(Paper.published) <= as_of))
+    statement = (
+        select(Paper)
+        .where(
+            ((col(Paper.first_seen) >= since) & (col(Paper.first_seen) <= as_of))
+            | ((col(Paper.published) >= since) & (col(Paper.published) <= as_of))
+        )
+        .order_by(col(Paper.id))
     )
     return list(session.exec(statement))
 
