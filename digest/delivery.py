@@ -483,6 +483,50 @@ def _set_state(
     session.commit()
 
 
+class SentMarker:
+    """Records "sent" for one delivery, one autocommitted statement per message, right after
+    the SMTP server accepted it: the statement that keeps a killed worker from sending twice,
+    run 100,000 times a day.
+
+    On PostgreSQL it is a prepared statement on the driver's cursor (about a tenth of the
+    client CPU of an SQLAlchemy execute); elsewhere the portable Core statement.
+    """
+
+    _SQL = (
+        f"UPDATE {Delivery.__tablename__} SET state = %s, reason = NULL, updated_at = %s, "
+        "lease_until = NULL, retry_at = NULL, sent_at = %s WHERE id = %s"
+    )
+
+    def __init__(self, db: DBConnection) -> None:
+        self.db = db
+        self.cursor: Any = None
+        if db.dialect.name == "postgresql":
+            self.cursor = db.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def __call__(self, delivery_id: int, now: dt.datetime) -> None:
+        if self.cursor is None:
+            _set_state(self.db, delivery_id, DeliveryState.SENT, now)
+            return
+        sent = DeliveryState.SENT.value
+        self.cursor.execute(self._SQL, (sent, now, now, delivery_id), prepare=True)
+
+
+def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL (a batch of digests
+    has thousands of items), executemany elsewhere."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    columns = list(rows[0])
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
+
+
 @dataclass
 class Outgoing:
     delivery_id: int
@@ -620,7 +664,7 @@ def send_deliveries(
                 )
         if item_rows:
             # Recorded before sending: a paper being sent already counts as sent to that person.
-            session.execute(insert(DeliveryItem.__table__), item_rows)  # type: ignore[attr-defined]
+            insert_rows(session, DeliveryItem.__table__, item_rows)  # type: ignore[attr-defined]
             session.commit()
         if outgoing:
             _transmit(
@@ -689,13 +733,14 @@ def _transmit_on(
     sleep: Callable[[float], None],
     clock: Callable[[], dt.datetime],
 ) -> None:
+    mark_sent = SentMarker(db)
     try:
         with mailer.connect() as connection:
             while pending:
                 item = pending.pop(0)
                 error = _send_with_retries(connection, item.message, settings, sleep)
                 if error is None:
-                    _set_state(db, item.delivery_id, DeliveryState.SENT, clock())
+                    mark_sent(item.delivery_id, clock())
                     summary.sent.append((item.subscriber.email, len(item.picks)))
                     if item.subscriber.bounce_count:
                         # Delivered: a run of permanent failures is over.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
+from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, update
@@ -573,10 +574,12 @@ def digest_context(
 ) -> DigestContext:
     sid = subscriber.id
     entries = []
+    # One signed feedback token per digest: it says who votes; each link names its paper and
+    # vote (a dozen signatures per message cost more than the rest of its links).
+    feedback = _link(settings, "feedback", Purpose.FEEDBACK, {"s": sid})
     for pick in picks:
         paper = papers[pick.paper_id]
-        # One signed token per subscriber and paper; the vote is the last path segment.
-        feedback = _link(settings, "feedback", Purpose.FEEDBACK, {"s": sid, "p": paper.id})
+        paper_query = f"?paper={quote(paper.id, safe='')}"
         entries.append(
             DigestEntry(
                 paper_id=paper.id,
@@ -585,8 +588,8 @@ def digest_context(
                 summary=short_summary(paper.ai_summary or paper.abstract),
                 url=paper.url or f"{settings.base_url}/papers/{paper.id}",
                 why=pick.why,
-                like_url=f"{feedback}/up",
-                dislike_url=f"{feedback}/down",
+                like_url=f"{feedback}/up{paper_query}",
+                dislike_url=f"{feedback}/down{paper_query}",
             )
         )
     unsubscribe_token = make_token(settings.secret_key, Purpose.UNSUBSCRIBE, {"s": sid})

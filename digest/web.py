@@ -352,7 +352,9 @@ def create_app(
             subscriber, payload = subscriber_from(Purpose.FEEDBACK, token)
         except InvalidToken as exc:
             return bad_link(exc)
-        paper_id = payload.get("p")
+        # Links name the paper in the query (one token per digest); links sent before that
+        # carry it, and sometimes the vote, in the token.
+        paper_id = payload["p"] if "p" in payload else request.args.get("paper")
         value = {"up": 1, "down": -1}.get(vote or "", payload.get("v"))
         assert subscriber.id is not None
         if (

@@ -175,3 +175,15 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
         session.refresh(row)
         assert row.state == DeliveryState.SENT and row.attempts == 2
     assert len(smtp_server.to("a@example.com")) == 1
+
+
+def test_message_parts_are_standard_base64_in_lines_of_76():
+    import base64
+    import random
+
+    from digest.render import _base64_lines
+
+    rng = random.Random(3)
+    for size in (0, 1, 56, 57, 58, 113, 114, 4000):
+        data = bytes(rng.getrandbits(8) for _ in range(size))
+        assert _base64_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")

@@ -3,11 +3,11 @@
 import re
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from digest import services
 from digest.mailer import SMTPConfig, SMTPMailer
-from digest.models import Feedback, Subscriber, SubscriberStatus
+from digest.models import Feedback, Paper, Subscriber, SubscriberStatus
 from digest.tokens import Purpose, make_token
 from digest.web import create_app
 from tests.factories import NOW, make_paper
@@ -113,7 +113,8 @@ def active(engine):
             session=session,
             now=NOW,
             papers=[
-                make_paper(id="2606.00001", title="Diffusion models", abstract="Diffusion models.")
+                make_paper(id="2606.00001", title="Diffusion models", abstract="Diffusion models."),
+                make_paper(id="2606.00002", title="Legged robots", abstract="Quadrupeds."),
             ],
         )
         return services.add_subscriber(
@@ -163,12 +164,31 @@ def test_forged_or_altered_unsubscribe_token_is_refused_with_a_clear_page(
 
 
 def test_feedback_link_records_a_vote_and_thanks(web, engine, active, db_settings):
+    # One token per digest says who votes; each link names its paper.
+    token = make_token(db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id})
+    client = web.test_client()
+    assert client.get(f"/feedback/{token}/sideways?paper=2606.00001").status_code == 404
+    assert client.get(f"/feedback/{token}/up").status_code == 404  # no paper named
+    assert client.get(f"/feedback/{token}/up?paper=9999.99999").status_code == 404
+    r = client.get(f"/feedback/{token}/down?paper=2606.00001")
+    assert r.status_code == 200 and "fewer papers like this" in r.get_data(as_text=True)
+    r = client.get(f"/feedback/{token}/up?paper=2606.00002")
+    assert r.status_code == 200 and "more papers like this" in r.get_data(as_text=True)
+    with Session(engine) as session:
+        votes = session.exec(select(Feedback).order_by(col(Feedback.paper_id))).all()
+    assert [(v.subscriber_id, v.paper_id, v.value) for v in votes] == [
+        (active.id, "2606.00001", -1),
+        (active.id, "2606.00002", 1),
+    ]
+
+
+def test_feedback_links_of_older_emails_still_work(web, engine, active, db_settings):
+    # Emails sent before one token per digest carry the paper in the token; the query is
+    # ignored then, so such a link cannot be turned to another paper.
     token = make_token(
         db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id, "p": "2606.00001"}
     )
-    client = web.test_client()
-    assert client.get(f"/feedback/{token}/sideways").status_code == 404
-    r = client.get(f"/feedback/{token}/down")
+    r = web.test_client().get(f"/feedback/{token}/down?paper=2606.00002")
     assert r.status_code == 200 and "fewer papers like this" in r.get_data(as_text=True)
     with Session(engine) as session:
         (vote,) = session.exec(select(Feedback)).all()
@@ -204,3 +224,28 @@ def test_preferences_change_and_bad_values_change_nothing(web, engine, active, d
     )
     assert r.status_code == 400 and "Unknown time zone" in r.get_data(as_text=True)
     assert subscribers(engine)["a@example.com"].topics == ["legged robots", "robot learning"]
+
+
+def test_the_votes_links_of_a_rendered_digest_record_their_own_paper(
+    web, engine, active, db_settings
+):
+    from digest.ranking import Pick
+
+    with Session(engine) as session:
+        papers = {p.id: p for p in session.exec(select(Paper)).all()}
+    picks = [Pick(pid, 1.0, "matches", 1.0, "diffusion models") for pid in sorted(papers)]
+    context = services.digest_context(
+        settings=db_settings,
+        subscriber=active,
+        digest_date=NOW.date(),
+        picks=picks,
+        papers=papers,
+    )
+    client = web.test_client()
+    base = db_settings.base_url
+    first, second = context.entries
+    assert client.get(first.like_url.removeprefix(base)).status_code == 200
+    assert client.get(second.dislike_url.removeprefix(base)).status_code == 200
+    with Session(engine) as session:
+        votes = session.exec(select(Feedback).order_by(col(Feedback.paper_id))).all()
+    assert [(v.paper_id, v.value) for v in votes] == [("2606.00001", 1), ("2606.00002", -1)]
