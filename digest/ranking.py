@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,9 @@ class RankingConfig:
     duplicate_similarity: float = 0.75
     # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
     chunk_profiles: int = 1000
+    # Memory for remembering each topic's similarities to the candidates across batches:
+    # subscribers share topics, so most of a batch's queries were already computed.
+    query_memo_mb: float = 64.0
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,9 @@ class TopicModel:
             return cls(vectorizer, encoder=encoder), rows
         svd = TruncatedSVD(n_components=k, n_iter=svd_iterations, random_state=0)
         documents = normalize(svd.fit_transform(matrix)).astype(np.float64)
-        components = np.ascontiguousarray(svd.components_, dtype=np.float32)
+        # Kept in Fortran order: `vectors @ components.T` then reads a C-ordered matrix in
+        # place, where a C-ordered `components` made scipy copy all of it on every call.
+        components = np.asfortranarray(svd.components_, dtype=np.float32)
         return cls(vectorizer, components, documents, encoder), rows
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
@@ -352,6 +358,31 @@ class PreparedCorpus:
     embedded_t: np.ndarray | None = None
     # Papers matching each excluded term seen so far (a memo: same answer, computed once).
     term_hits: dict[str, list[int]] = field(default_factory=dict)
+    # Similarities of each topic text to the papers, by ranking configuration (a bounded memo).
+    query_rows: dict[RankingConfig, QueryMemo] = field(default_factory=dict)
+
+
+class QueryMemo:
+    """Similarity rows (float32, one per query text) kept up to a memory budget; the least
+    recently used go first."""
+
+    def __init__(self, budget_bytes: float) -> None:
+        self.budget = budget_bytes
+        self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.size = 0
+
+    def get(self, text: str) -> np.ndarray | None:
+        row = self.rows.get(text)
+        if row is not None:
+            self.rows.move_to_end(text)
+        return row
+
+    def put(self, text: str, row: np.ndarray) -> None:
+        self.rows[text] = row
+        self.size += row.nbytes
+        while self.size > self.budget and len(self.rows) > 1:
+            _, old = self.rows.popitem(last=False)
+            self.size -= old.nbytes
 
 
 def prepare_corpus(
@@ -487,6 +518,39 @@ def _centroids(
 LIKED = -2
 
 
+def _query_similarities(
+    corpus: PreparedCorpus, texts: Sequence[str], config: RankingConfig
+) -> np.ndarray:
+    """(texts x papers) float32 similarities of free-text queries, each distinct text computed
+    once per corpus and configuration (remembered up to `query_memo_mb`)."""
+    model = corpus.model
+    memo = corpus.query_rows.get(config)
+    if memo is None:
+        memo = corpus.query_rows[config] = QueryMemo(config.query_memo_mb * 2**20)
+    rows: dict[str, np.ndarray] = {}
+    for text in texts:
+        if text not in rows:
+            row = memo.get(text)
+            if row is not None:
+                rows[text] = row
+    missing = [t for t in dict.fromkeys(texts) if t not in rows]
+    if missing:
+        sims = _similarities(
+            model,
+            corpus,
+            model.transform(missing),
+            config,
+            embedded=_encode(model, missing) if model.encoder else None,
+        ).astype(np.float32)
+        for text, row in zip(missing, sims, strict=True):
+            rows[text] = row
+            memo.put(text, row)
+    out = np.empty((len(texts), len(corpus.papers)), dtype=np.float32)
+    for k, text in enumerate(texts):
+        out[k] = rows[text]
+    return out
+
+
 def _rank_chunk(
     corpus: PreparedCorpus,
     profiles: Sequence[Profile],
@@ -497,58 +561,34 @@ def _rank_chunk(
     papers = corpus.papers
     n_profiles, n_papers = len(profiles), len(papers)
     relevance = np.zeros((n_profiles, n_papers), dtype=np.float32)
-    # Which topic row gave a paper its relevance (LIKED for the liked papers, -1 for none).
-    best_query = np.full((n_profiles, n_papers), -1, dtype=np.int32)
 
+    # Each profile's topics are consecutive rows of `topic_sims`, from `first[i]` to `last[i]`.
     topic_texts: list[str] = []
-    topic_labels: list[str] = []
-    topic_owner: list[int] = []
-    topic_slot: list[int] = []
+    first = np.zeros(n_profiles, dtype=np.int64)
+    last = np.zeros(n_profiles, dtype=np.int64)
     for i, profile in enumerate(profiles):
-        slot = 0
-        for topic in profile.topics:
-            if topic.strip():
-                topic_texts.append(topic)
-                topic_labels.append(f"matches '{topic.strip()}'")
-                topic_owner.append(i)
-                topic_slot.append(slot)
-                slot += 1
+        first[i] = len(topic_texts)
+        topic_texts.extend(t for t in profile.topics if t.strip())
+        last[i] = len(topic_texts)
+    topic_labels = [f"matches '{t.strip()}'" for t in topic_texts]
+    topic_sims = np.zeros((0, n_papers), dtype=np.float32)
     if topic_texts:
-        sims = _similarities(
-            model,
-            corpus,
-            model.transform(topic_texts),
-            config,
-            embedded=_encode(model, topic_texts) if model.encoder else None,
-        )
-        owner_arr = np.asarray(topic_owner)
-        slot_arr = np.asarray(topic_slot)
-        relevance[:] = -np.inf
-        # One vectorised max per topic position: profiles have a handful of topics at most.
-        for slot in range(int(slot_arr.max()) + 1):
-            rows = np.flatnonzero(slot_arr == slot)
-            owners = owner_arr[rows]
-            better = sims[rows] > relevance[owners]
-            relevance[owners] = np.where(better, sims[rows], relevance[owners])
-            best_query[owners] = np.where(better, rows[:, None], best_query[owners])
-        relevance[np.isneginf(relevance)] = 0.0
-        del sims
-        multi = [i for i, p in enumerate(profiles) if sum(1 for t in p.topics if t.strip()) > 1]
-        if multi and config.joint_topics > 0:
+        topic_sims = _query_similarities(corpus, topic_texts, config)
+        with_topics = np.flatnonzero(last > first)
+        # The best single topic: one max over each profile's consecutive rows.
+        relevance[with_topics] = np.maximum.reduceat(topic_sims, first[with_topics], axis=0)
+        multi = np.flatnonzero(last - first > 1)
+        if len(multi) and config.joint_topics > 0:
             joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
-            sims = _similarities(
-                model,
-                corpus,
-                model.transform(joint),
-                config,
-                embedded=_encode(model, joint) if model.encoder else None,
-            )
+            sims = _query_similarities(corpus, joint, config)
             j = config.joint_topics
             relevance[multi] = (1.0 - j) * relevance[multi] + j * sims
             del sims
 
     liked_members: dict[int, sparse.csr_matrix] = {}
     disliked_members: dict[int, sparse.csr_matrix] = {}
+    # Where a liked paper's likeness beat the topics (the pick is explained by the liked paper).
+    liked_won: np.ndarray | None = None
     for kind, members in (("liked", liked_members), ("disliked", disliked_members)):
         owners_list = [i for i, p in enumerate(profiles) if getattr(p, kind)]
         if not owners_list:
@@ -566,7 +606,8 @@ def _rank_chunk(
             liked_rel = config.liked_weight * sims
             better = liked_rel > relevance[owners]
             relevance[owners] = np.where(better, liked_rel, relevance[owners])
-            best_query[owners] = np.where(better, LIKED, best_query[owners])
+            liked_won = np.zeros((n_profiles, n_papers), dtype=bool)
+            liked_won[owners] = better
         else:
             relevance[owners] -= config.disliked_weight * np.maximum(sims, 0.0)
         del sims
@@ -582,114 +623,157 @@ def _rank_chunk(
     best = np.where(blocked, 0.0, relevance).max(axis=1, initial=0.0)
     scale = np.maximum(best, config.relevance_scale)[:, None]
     scores = config.weight_topic * np.maximum(relevance, 0.0) / scale + corpus.prior[None, :]
-    scores = np.where(blocked, -np.inf, scores)
+    scores[blocked] = -np.inf
+    allowed = n_papers - np.count_nonzero(blocked, axis=1)
 
     out: list[list[Pick]] = []
     pool = max(config.top_k * 4, config.top_k + 10)
+    # Every profile's best `pool` papers in one partition of the whole matrix.
+    k_all = min(pool, n_papers)
+    tops = (
+        np.argpartition(-scores, k_all - 1, axis=1)[:, :k_all]
+        if k_all < n_papers
+        else np.broadcast_to(np.arange(n_papers), (n_profiles, n_papers))
+    )
     for i in range(n_profiles):
-        row = scores[i]
-        allowed = int(np.count_nonzero(np.isfinite(row)))
-        if allowed == 0:
+        if allowed[i] == 0:
             out.append([])
             continue
-        k = min(pool, allowed)
-        top = np.argpartition(-row, k - 1)[:k] if k < n_papers else np.arange(n_papers)
-        top = top[np.isfinite(row[top])]
+        row = scores[i]
+        top = tops[i]
+        values = row[top]
+        finite = np.isfinite(values)
+        top, values = top[finite], values[finite]
         # Sort by score, then id, so equal scores give the same order on every run.
-        ordered = sorted(top.tolist(), key=lambda j: (-row[j], papers[j].id))
-        picks = _select(ordered, row, best_query[i], corpus.duplicates, config)
+        ordered = sorted(
+            zip((-values).tolist(), top.tolist(), strict=True),
+            key=lambda vj: (vj[0], papers[vj[1]].id),
+        )
+        labels = _labels([j for _, j in ordered], i, first, last, topic_sims, liked_won)
+        picks = _select(ordered, labels, corpus.duplicates, config)
         out.append(
-            [
-                _pick(
-                    corpus,
-                    profiles[i],
-                    j,
-                    score,
-                    relevance[i, j],
-                    best_query[i, j],
-                    now,
-                    topic_labels,
-                    liked_members.get(i),
-                    disliked_members.get(i),
-                    config,
-                )
-                for j, score in picks
-            ]
+            _picks(
+                corpus,
+                profiles[i],
+                picks,
+                relevance[i],
+                labels,
+                now,
+                topic_labels,
+                liked_members.get(i),
+                disliked_members.get(i),
+            )
         )
     return out
 
 
+def _labels(
+    columns: list[int],
+    i: int,
+    first: np.ndarray,
+    last: np.ndarray,
+    topic_sims: np.ndarray,
+    liked_won: np.ndarray | None,
+) -> dict[int, int]:
+    """What gave profile `i` its relevance to each of these papers: the row of its best topic
+    (the first of equals), LIKED for a liked paper's likeness, -1 for nothing."""
+    labels = dict.fromkeys(columns, -1)
+    if last[i] > first[i]:
+        best = np.argmax(topic_sims[first[i] : last[i], columns], axis=0) + first[i]
+        labels = dict(zip(columns, best.tolist(), strict=True))
+    if liked_won is not None:
+        for j in columns:
+            if liked_won[i, j]:
+                labels[j] = LIKED
+    return labels
+
+
 def _select(
-    ordered: list[int],
-    row: np.ndarray,
-    labels: np.ndarray,
+    ordered: list[tuple[float, int]],
+    labels: dict[int, int],
     duplicates: dict[int, set[int]],
     config: RankingConfig,
 ) -> list[tuple[int, float]]:
     """Greedy picks: best adjusted score first, no near-duplicates, topics taking turns.
 
-    A pick's score is its score discounted by the picks of its topic before it, so the scores
-    of a digest never increase down the list.
+    `ordered` holds (minus the score, paper) best first. A pick's score is its score discounted
+    by the picks of its topic before it, so the scores of a digest never increase down the list.
     """
     picks: list[tuple[int, float]] = []
     chosen: set[int] = set()
     per_label: dict[int, int] = {}
-    remaining = list(ordered)
+    keep = 1.0 - config.topic_crowding
+    remaining = [(-negative, j) for negative, j in ordered]
     while remaining and len(picks) < config.top_k:
-        best_j, best_value = -1, -np.inf
-        for j in remaining:
-            value = row[j] * (1.0 - config.topic_crowding) ** per_label.get(int(labels[j]), 0)
+        best_k, best_j, best_value = -1, -1, -math.inf
+        for k, (score, j) in enumerate(remaining):
+            value = score * keep ** per_label.get(labels[j], 0)
             if value > best_value:
-                best_j, best_value = j, value
-        remaining.remove(best_j)
-        if duplicates.get(best_j, set()) & chosen:
+                best_k, best_j, best_value = k, j, value
+        del remaining[best_k]
+        if duplicates.get(best_j, _NONE) & chosen:
             continue
-        picks.append((best_j, float(best_value)))
+        picks.append((best_j, best_value))
         chosen.add(best_j)
-        label = int(labels[best_j])
+        label = labels[best_j]
         per_label[label] = per_label.get(label, 0) + 1
     return picks
 
 
-def _nearest(members: sparse.csr_matrix, vector: sparse.csr_matrix) -> tuple[int, float]:
-    sims = (members @ vector.T).toarray().ravel()
-    k = int(sims.argmax())
-    return k, float(sims[k])
+_NONE: frozenset[int] = frozenset()
 
 
-def _pick(
+def _nearest(
+    members: sparse.csr_matrix | None, corpus: PreparedCorpus, columns: list[int]
+) -> list[tuple[int, float]] | None:
+    """For each of these papers, the most similar of `members` (liked or disliked papers) and
+    how similar: one sparse product for all of a digest's picks."""
+    if members is None or not columns:
+        return None
+    sims = (members @ corpus.vectors[columns].T).toarray()
+    best = sims.argmax(axis=0)
+    return list(zip(best.tolist(), sims[best, np.arange(len(columns))].tolist(), strict=True))
+
+
+def _picks(
     corpus: PreparedCorpus,
     profile: Profile,
-    j: int,
-    score: float,
-    relevance: float,
-    query: int,
+    chosen: list[tuple[int, float]],
+    relevance: np.ndarray,
+    labels: dict[int, int],
     now: dt.datetime,
     topic_labels: list[str],
     liked: sparse.csr_matrix | None,
     disliked: sparse.csr_matrix | None,
-    config: RankingConfig,
-) -> Pick:
-    paper = corpus.papers[j]
-    vector = corpus.vectors[j] if liked is not None or disliked is not None else None
-    extra: list[str] = []
-    if query == LIKED and liked is not None and vector is not None:
-        k, _ = _nearest(liked, vector)
-        matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
-    elif query >= 0:
-        matched = topic_labels[query]
-    else:
-        matched = "topical match"
-    if disliked is not None and vector is not None:
-        k, sim = _nearest(disliked, vector)
-        if sim >= 0.2:
-            extra.append(
-                f"ranked down: near '{_short_title(profile.disliked[k].title)}' you disliked"
+) -> list[Pick]:
+    columns = [j for j, _ in chosen]
+    liked_near = _nearest(liked, corpus, columns)
+    disliked_near = _nearest(disliked, corpus, columns)
+    out = []
+    for n, (j, score) in enumerate(chosen):
+        paper = corpus.papers[j]
+        query = labels[j]
+        extra: list[str] = []
+        if query == LIKED and liked_near is not None:
+            k = liked_near[n][0]
+            matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
+        elif query >= 0:
+            matched = topic_labels[query]
+        else:
+            matched = "topical match"
+        if disliked_near is not None:
+            k, sim = disliked_near[n]
+            if sim >= 0.2:
+                extra.append(
+                    f"ranked down: near '{_short_title(profile.disliked[k].title)}' you disliked"
+                )
+        out.append(
+            Pick(
+                paper_id=paper.id,
+                score=round(float(score), 6),
+                why=explain(paper, matched, now, extra),
+                relevance=round(float(relevance[j]), 6),
+                matched=matched,
             )
-    return Pick(
-        paper_id=paper.id,
-        score=round(float(score), 6),
-        why=explain(paper, matched, now, extra),
-        relevance=round(float(relevance), 6),
-        matched=matched,
-    )
+        )
+    return out

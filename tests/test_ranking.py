@@ -408,3 +408,43 @@ def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
     assert ids(embedded)[0] == "quad" and "voice" not in ids(embedded)
     assert "matches 'legged locomotion'" in embedded[0].why
     assert encoder.calls >= 2  # the candidates, then the topics
+
+
+# ---------------------------------------------------------------------------------------------
+# Topics shared by many subscribers are scored once per corpus, within a memory budget.
+
+
+def test_shared_topics_are_computed_once_and_a_tiny_memo_ranks_the_same():
+    from digest.ranking import QueryMemo
+
+    papers = corpus()
+    profiles = [
+        make_profile(id=str(k), topics=(("diffusion models", "legged robots")[k % 2],))
+        for k in range(6)
+    ] + [make_profile(id="both", topics=("diffusion models", "legged robots"))]
+    roomy = prepare_corpus(papers, now=NOW)
+    first = rank_prepared(roomy, profiles)
+    (memo,) = roomy.query_rows.values()
+    # Two single topics and one joint query, each computed and kept once.
+    assert sorted(memo.rows) == [
+        "diffusion models",
+        "diffusion models ; legged robots",
+        "legged robots",
+    ]
+    kept = {text: row for text, row in memo.rows.items()}
+    assert rank_prepared(roomy, profiles) == first  # from the memo: same picks
+    assert all(memo.rows[t] is kept[t] for t in kept)  # nothing computed again
+
+    # A budget of one row keeps only the latest, and ranks exactly the same.
+    tight = RankingConfig(query_memo_mb=len(papers) * 4 / 2**20)
+    small = prepare_corpus(papers, now=NOW, config=tight)
+    assert rank_prepared(small, profiles) == first
+    (memo,) = small.query_rows.values()
+    assert len(memo.rows) == 1 and memo.size <= tight.query_memo_mb * 2**20
+
+    lru = QueryMemo(budget_bytes=2 * 4 * 10)
+    for text in ("a", "b"):
+        lru.put(text, np.zeros(10, dtype=np.float32))
+    assert lru.get("a") is not None  # "b" is now the least recently used
+    lru.put("c", np.zeros(10, dtype=np.float32))
+    assert list(lru.rows) == ["a", "c"] and lru.get("b") is None
