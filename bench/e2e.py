@@ -137,6 +137,25 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (0 for those gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+def pids_named(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
 class PeakRSS(threading.Thread):
     """Samples the summed RSS of a process tree until stopped."""
 
@@ -272,7 +291,9 @@ def finished(settings) -> int:
         ).scalar_one()
 
 
-def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
+def run_ours(
+    settings, args, tmp: Path, sink_live: Path, sink_pid: int
+) -> tuple[float, float, dict[str, float], float]:
     from workers.app import make_celery
 
     env = worker_env(settings)
@@ -310,10 +331,27 @@ def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
                 raise SystemExit("workers did not start")
         monitor = PeakRSS([worker.pid])
         monitor.start()
+
+        # Where the CPU goes: the workers, the sink, PostgreSQL and Redis share the cores.
+        # Per process, so that the database connections opened during the run count in full.
+        def cpu_by_process() -> dict[str, dict[int, float]]:
+            groups = {
+                "postgres": pids_named("postgres"),
+                "redis": pids_named("redis-server"),
+                "sink": [sink_pid],
+                "workers": [worker.pid, *children(worker.pid)],
+            }
+            return {n: {p: cpu_seconds([p]) for p in pids} for n, pids in groups.items()}
+
+        cpu_before = cpu_by_process()
         start = time.perf_counter()
         client.send_task("workers.tasks.plan_due")
         last, stalled_since = -1, time.monotonic()
+        first_message = None
         while True:
+            if first_message is None and sink_count(sink_live) > 0:
+                # Until here: planning, and preparing the day's corpus (the model fit).
+                first_message = time.perf_counter() - start
             done = finished(settings)
             if done >= args.subscribers:
                 break
@@ -329,13 +367,20 @@ def run_ours(settings, args, tmp: Path, sink_live: Path) -> tuple[float, float]:
                 raise SystemExit(f"stalled at {done} digests; see {tmp / 'workers.log'}")
             time.sleep(0.1)
         wall = time.perf_counter() - start
+        cpu_after = cpu_by_process()
+        cpu = {
+            name: round(
+                sum(v - cpu_before[name].get(pid, 0.0) for pid, v in cpu_after[name].items()), 2
+            )
+            for name in cpu_after
+        }
         peak = monitor.stop()
     finally:
         worker.terminate()
         worker.wait(30)
         client.close()
         logs.close()
-    return wall, peak
+    return wall, peak, cpu, first_message or wall
 
 
 def run_naive(settings, sample: int, port: int, now: dt.datetime) -> float:
@@ -456,7 +501,7 @@ def main() -> None:
         )
         papers = load_papers(args.corpus, args.papers, now, args.seed)
         populate(settings, papers, args.subscribers, now, args.seed)
-        wall, peak = run_ours(settings, args, tmp, sink_live)
+        wall, peak, cpu, first_message = run_ours(settings, args, tmp, sink_live, sink.pid)
         print(f"naive pipeline on {args.naive_sample} subscribers ...", file=sys.stderr)
         naive_port = free_port()
         naive_sink = subprocess.Popen(
@@ -499,6 +544,13 @@ def main() -> None:
         "naive_seconds_per_message": round(naive_per_message, 5),
         "naive_extrapolated_seconds": round(naive_total, 1),
         "ratio_vs_naive": round(naive_total / wall, 2),
+        # Planning and preparing the day's corpus (the model fit), before the first message.
+        "first_message_seconds": round(first_message, 2),
+        # CPU seconds each part used during our run (postgres: its server processes).
+        "cpu_seconds": cpu,
+        "cpu_ms_per_message": {
+            name: round(1000 * value / max(1, stats["messages"]), 3) for name, value in cpu.items()
+        },
     }
     print(json.dumps(result))
 

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     cache_dir: Path = Path(tempfile.gettempdir()) / "digest-cache"
     # Celery: seconds before an unacknowledged task of a dead worker is delivered again.
     visibility_timeout: int = Field(default=3600, ge=1)
+    # BLAS threads per worker process (ranking's matrix products). Worker processes already
+    # run one per core; more threads each only fight over the cores (measured: a QR step 40x
+    # slower with two threads per process on a busy 2-core machine). 0 leaves the default.
+    worker_blas_threads: int = Field(default=1, ge=0)
 
     # Paper sources (digest/sources/). Lists are comma-separated in the environment.
     ingest_sources: Annotated[list[Literal["hf", "arxiv", "seeds"]], NoDecode] = ["hf"]

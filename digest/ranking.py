@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
-from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
@@ -201,11 +200,11 @@ class TopicModel:
         k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
         if len(texts) < min_docs or k < 16:
             return cls(vectorizer, encoder=encoder), rows
-        svd = TruncatedSVD(n_components=k, n_iter=svd_iterations, random_state=0)
-        documents = normalize(svd.fit_transform(matrix)).astype(np.float64)
+        projected, basis = truncated_svd(matrix, k, iterations=svd_iterations)
+        documents = normalize(projected).astype(np.float64)
         # Kept in Fortran order: `vectors @ components.T` then reads a C-ordered matrix in
         # place, where a C-ordered `components` made scipy copy all of it on every call.
-        components = np.asfortranarray(svd.components_, dtype=np.float32)
+        components = np.asfortranarray(basis, dtype=np.float32)
         return cls(vectorizer, components, documents, encoder), rows
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
@@ -235,6 +234,35 @@ class TopicModel:
             centroid = self.documents[top].mean(axis=1)
             out[start : start + 256] = block + weight * normalize(centroid)
         return normalize(out)
+
+
+def truncated_svd(
+    matrix: sparse.csr_matrix, k: int, *, iterations: int = 4, oversample: int = 10, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rank-`k` latent space of a (papers x terms) matrix: the papers' coordinates
+    (U times the singular values, papers x k) and the basis (k x terms), as TruncatedSVD gives.
+
+    Randomised subspace iteration (Halko, Martinsson and Tropp 2011, algorithm 4.4), with the
+    QR steps on the papers' side only: the corpus has far fewer papers than terms, and
+    scikit-learn's LU steps on the terms' side took most of a fit (22 s of 25 s on 5,000
+    papers with a 76,000-term vocabulary; about 3 s here).
+    """
+    x = matrix.astype(np.float64).tocsr()
+    xt = x.T.tocsr()  # CSR products with C-ordered dense operands: no hidden copies
+    rng = np.random.default_rng(seed)
+    width = min(k + oversample, min(x.shape))
+    q, _ = np.linalg.qr(x @ rng.standard_normal((x.shape[1], width)))
+    for _ in range(iterations):
+        q, _ = np.linalg.qr(x @ (xt @ np.ascontiguousarray(q)))
+    q = np.ascontiguousarray(q)
+    b_t = xt @ q  # (terms x width): B = Q^T X, transposed
+    # The small eigenproblem of B B^T gives B's singular vectors and values.
+    values, vectors = np.linalg.eigh(b_t.T @ b_t)
+    order = np.argsort(values)[::-1][:k]
+    sigma = np.sqrt(np.maximum(values[order], 0.0))
+    left = vectors[:, order]
+    basis = (b_t @ left).T / np.maximum(sigma, 1e-12)[:, None]  # rows: unit right vectors
+    return (q @ left) * sigma, basis
 
 
 def recency(papers: Sequence[RankPaper], now: dt.datetime, half_life_days: float) -> np.ndarray:
@@ -577,8 +605,8 @@ def _rank_chunk(
         with_topics = np.flatnonzero(last > first)
         # The best single topic: one max over each profile's consecutive rows.
         relevance[with_topics] = np.maximum.reduceat(topic_sims, first[with_topics], axis=0)
-        multi = np.flatnonzero(last - first > 1)
-        if len(multi) and config.joint_topics > 0:
+        multi = np.flatnonzero(last - first > 1).tolist()
+        if multi and config.joint_topics > 0:
             joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
             sims = _query_similarities(corpus, joint, config)
             j = config.joint_topics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_init
 
 from digest.config import Settings, get_settings
 from workers.schedule import beat_schedule
@@ -30,6 +31,20 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule=beat_schedule(settings),
     )
     return app
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Give each worker process `threads` BLAS threads (0: leave the library's default)."""
+    if threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _one_blas_thread_per_process(**_: object) -> None:
+    limit_blas_threads(get_settings().worker_blas_threads)
 
 
 app = make_celery(get_settings())
