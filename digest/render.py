@@ -126,14 +126,16 @@ def _encoded_words(value: str, chunk: int = 45) -> str:
 
     email.header.Header does the same a character at a time, several times slower.
     """
-    words, current = [], b""
-    for ch in value:
-        encoded = ch.encode("utf-8")
-        if len(current) + len(encoded) > chunk:
-            words.append(current)
-            current = b""
-        current += encoded
-    words.append(current)
+    data = value.encode("utf-8")
+    words, start = [], 0
+    while start < len(data):
+        end = min(start + chunk, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # never split a character
+            end -= 1
+        words.append(data[start:end])
+        start = end
+    if not words:
+        words.append(b"")
     return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode()}?=" for w in words)
 
 

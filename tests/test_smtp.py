@@ -109,8 +109,12 @@ def test_connection_refused_is_a_temporary_delivery_error():
         assert not exc.permanent and "cannot reach" in str(exc)
 
 
-def test_pipelining_is_used_when_the_server_offers_it(tmp_path):
-    """The benchmark sink (a separate process) offers PIPELINING; messages arrive whole."""
+@pytest.mark.parametrize("extensions", ["chunking", "pipelining"])
+def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp_path, extensions):
+    """The benchmark sink (a separate process) offers PIPELINING and CHUNKING, as Postfix does:
+    messages go out as MAIL+RCPT+BDAT in one write (or MAIL+RCPT+DATA, then the message, when
+    BDAT is turned off), arrive byte for byte, and a refused recipient neither stops the
+    connection nor shifts the replies of the next messages."""
     import json
     import subprocess
     import sys
@@ -119,7 +123,8 @@ def test_pipelining_is_used_when_the_server_offers_it(tmp_path):
     from tests.conftest import ROOT, free_port
 
     port = free_port()
-    stats = tmp_path / "stats.json"
+    stats, saved = tmp_path / "stats.json", tmp_path / "saved"
+    saved.mkdir()
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -128,28 +133,42 @@ def test_pipelining_is_used_when_the_server_offers_it(tmp_path):
             str(port),
             "--stats",
             str(stats),
+            "--refuse",
+            "nobody",
+            "--save",
+            str(saved),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    sent, errors = [], []
     try:
         assert sink.stdout.readline().strip() == "ready"
         mailer = SMTPMailer(SMTPConfig(host="127.0.0.1", port=port))
         with mailer.connect() as connection:
-            for i in range(3):
+            if extensions == "pipelining":
+                connection._chunking = False
+            assert connection._pipelining and connection._chunking == (extensions == "chunking")
+            for i, name in enumerate(["r0", "nobody", "r2", "r3"]):
                 envelope = Envelope(
                     sender_name="D",
                     sender_address="d@x.test",
-                    recipient=f"r{i}@x.test",
+                    recipient=f"{name}@x.test",
                     message_id=f"<{i}@x.test>",
                     now=NOW,
                 )
-                connection.send(_message(envelope, "S", ".leading dot\n.\nend", "<p>h</p>"))
-            assert connection._pipelining
+                message = _message(envelope, "S", f".leading dot\n.\nend {i}", "<p>h</p>")
+                try:
+                    connection.send(message)
+                    sent.append(message.data)
+                except DeliveryError as exc:
+                    errors.append(exc)
     finally:
         sink.terminate()
         sink.wait(10)
         sink.stdout.close()
+    assert [(e.permanent, e.code) for e in errors] == [(True, 550)]
+    assert [p.read_bytes() for p in sorted(saved.iterdir())] == sent and len(sent) == 3
     assert json.loads(stats.read_text()) == {
         "messages": 3,
         "connections": 1,
