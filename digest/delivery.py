@@ -313,6 +313,10 @@ def release_freed_memory() -> None:
         pass
 
 
+# Part of a cached corpus's file name: a new PreparedCorpus layout never loads an old file.
+CORPUS_FORMAT = 2
+
+
 class CorpusCache:
     """Prepared candidate corpora by digest date, reused across batches for `max_age` seconds.
 
@@ -363,7 +367,14 @@ class CorpusCache:
         # Same candidates, same configuration, same ten minutes: the same prepared corpus.
         bucket = as_of.replace(minute=as_of.minute - as_of.minute % 10, second=0, microsecond=0)
         key = hashlib.sha256(
-            repr((bucket.isoformat(), config, [(p.id, p.updated_at) for p in papers])).encode()
+            repr(
+                (
+                    CORPUS_FORMAT,
+                    bucket.isoformat(),
+                    config,
+                    [(p.id, p.updated_at) for p in papers],
+                )
+            ).encode()
         ).hexdigest()[:32]
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"corpus-{key}.pickle"

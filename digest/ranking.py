@@ -338,7 +338,12 @@ def _age_phrase(paper: RankPaper, now: dt.datetime) -> str | None:
 
 
 def explain(paper: RankPaper, matched: str, now: dt.datetime, extra: Sequence[str] = ()) -> str:
-    parts = [matched, *extra]
+    return "; ".join([matched, *extra, *_paper_reasons(paper, now)])
+
+
+def _paper_reasons(paper: RankPaper, now: dt.datetime) -> list[str]:
+    """The parts of a reason that depend on the paper alone: trending and age."""
+    parts = []
     if paper.upvotes:
         parts.append(f"{paper.upvotes} upvote" + ("" if paper.upvotes == 1 else "s"))
     if paper.comments:
@@ -346,7 +351,7 @@ def explain(paper: RankPaper, matched: str, now: dt.datetime, extra: Sequence[st
     age = _age_phrase(paper, now)
     if age:
         parts.append(age)
-    return "; ".join(parts)
+    return parts
 
 
 def _short_title(title: str, limit: int = 60) -> str:
@@ -386,6 +391,10 @@ class PreparedCorpus:
     embedded_t: np.ndarray | None = None
     # Papers matching each excluded term seen so far (a memo: same answer, computed once).
     term_hits: dict[str, list[int]] = field(default_factory=dict)
+    # Each paper's place in the order of ids: ties in score go by id.
+    id_order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Each picked paper's own part of the reason ("212 upvotes; 1 day old"), made once.
+    paper_reasons: dict[int, list[str]] = field(default_factory=dict)
     # Similarities of each topic text to the papers, by ranking configuration (a bounded memo).
     query_rows: dict[RankingConfig, QueryMemo] = field(default_factory=dict)
 
@@ -441,6 +450,7 @@ def prepare_corpus(
         + config.weight_trending * trending(papers, config.trending_reference),
         index={p.id: i for i, p in enumerate(papers)},
         duplicates=near_duplicates(vectors, config.duplicate_similarity),
+        id_order=np.argsort(np.argsort(np.array([p.id for p in papers], dtype=object))),
         embedded_t=None
         if model.encoder is None
         else np.ascontiguousarray(_encode(model, [p.text for p in papers]).T),
@@ -673,10 +683,8 @@ def _rank_chunk(
         finite = np.isfinite(values)
         top, values = top[finite], values[finite]
         # Sort by score, then id, so equal scores give the same order on every run.
-        ordered = sorted(
-            zip((-values).tolist(), top.tolist(), strict=True),
-            key=lambda vj: (vj[0], papers[vj[1]].id),
-        )
+        order = np.lexsort((corpus.id_order[top], -values))
+        ordered = list(zip((-values[order]).tolist(), top[order].tolist(), strict=True))
         labels = _labels([j for _, j in ordered], i, first, last, topic_sims, liked_won)
         picks = _select(ordered, labels, corpus.duplicates, config)
         out.append(
@@ -686,7 +694,6 @@ def _rank_chunk(
                 picks,
                 relevance[i],
                 labels,
-                now,
                 topic_labels,
                 liked_members.get(i),
                 disliked_members.get(i),
@@ -726,24 +733,35 @@ def _select(
 
     `ordered` holds (minus the score, paper) best first. A pick's score is its score discounted
     by the picks of its topic before it, so the scores of a digest never increase down the list.
+    Within a topic the discount is the same for all, so the next pick is always the best
+    remaining paper of some topic: only those heads (one per topic) are compared, the earlier
+    one winning a tie.
     """
+    queues: dict[int, list[tuple[float, int, int]]] = {}
+    for position, (negative, j) in enumerate(ordered):
+        queues.setdefault(labels[j], []).append((-negative, position, j))
+    heads = dict.fromkeys(queues, 0)
     picks: list[tuple[int, float]] = []
     chosen: set[int] = set()
     per_label: dict[int, int] = {}
     keep = 1.0 - config.topic_crowding
-    remaining = [(-negative, j) for negative, j in ordered]
-    while remaining and len(picks) < config.top_k:
-        best_k, best_j, best_value = -1, -1, -math.inf
-        for k, (score, j) in enumerate(remaining):
-            value = score * keep ** per_label.get(labels[j], 0)
-            if value > best_value:
-                best_k, best_j, best_value = k, j, value
-        del remaining[best_k]
+    while len(picks) < config.top_k:
+        best: tuple[float, int, int, int] | None = None  # value, position, paper, label
+        for label, head in heads.items():
+            queue = queues[label]
+            if head < len(queue):
+                score, position, j = queue[head]
+                value = score * keep ** per_label.get(label, 0)
+                if best is None or value > best[0] or (value == best[0] and position < best[1]):
+                    best = (value, position, j, label)
+        if best is None:
+            break
+        value, _, best_j, label = best
+        heads[label] += 1
         if duplicates.get(best_j, _NONE) & chosen:
             continue
-        picks.append((best_j, best_value))
+        picks.append((best_j, value))
         chosen.add(best_j)
-        label = labels[best_j]
         per_label[label] = per_label.get(label, 0) + 1
     return picks
 
@@ -763,13 +781,19 @@ def _nearest(
     return list(zip(best.tolist(), sims[best, np.arange(len(columns))].tolist(), strict=True))
 
 
+def _reasons_of(corpus: PreparedCorpus, j: int) -> list[str]:
+    reasons = corpus.paper_reasons.get(j)
+    if reasons is None:
+        reasons = corpus.paper_reasons[j] = _paper_reasons(corpus.papers[j], corpus.now)
+    return reasons
+
+
 def _picks(
     corpus: PreparedCorpus,
     profile: Profile,
     chosen: list[tuple[int, float]],
     relevance: np.ndarray,
     labels: dict[int, int],
-    now: dt.datetime,
     topic_labels: list[str],
     liked: sparse.csr_matrix | None,
     disliked: sparse.csr_matrix | None,
@@ -799,7 +823,7 @@ def _picks(
             Pick(
                 paper_id=paper.id,
                 score=round(float(score), 6),
-                why=explain(paper, matched, now, extra),
+                why="; ".join([matched, *extra, *_reasons_of(corpus, j)]),
                 relevance=round(float(relevance[j]), 6),
                 matched=matched,
             )

@@ -187,3 +187,41 @@ def test_message_parts_are_standard_base64_in_lines_of_76():
     for size in (0, 1, 56, 57, 58, 113, 114, 4000):
         data = bytes(rng.getrandbits(8) for _ in range(size))
         assert _base64_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def test_parts_go_out_as_written_when_7bit_allows_and_in_base64_otherwise():
+    import html as htmllib
+
+    from digest.render import Envelope, _message
+
+    envelope = Envelope(
+        sender_name="Digest",
+        sender_address="d@x.test",
+        recipient="r@x.test",
+        message_id="<m1@x.test>",
+        now=NOW,
+    )
+
+    def parts(text, html):
+        message = _message(envelope, "Subject", text, html).message()
+        return [
+            (
+                p.get_content_type(),
+                p["Content-Transfer-Encoding"],
+                p.get_content().replace("\r\n", "\n"),
+            )
+            for p in message.iter_parts()
+        ]
+
+    html = "<p>Légged robots 👍 — “quoted”</p>\n<p>two</p>"
+    (text_part, html_part) = parts("plain ascii\nsecond line", html)
+    assert text_part == ("text/plain", "7bit", "plain ascii\nsecond line")
+    kind, encoding, content = html_part
+    assert (kind, encoding) == ("text/html", "7bit")
+    assert "&#128077;" in content and htmllib.unescape(content) == html
+
+    # Non-ASCII text, a line over 998 characters, or the boundary itself: base64.
+    boundary = "=_digest_" + __import__("hashlib").sha1(b"<m1@x.test>").hexdigest()[:24]
+    for text in ("Légged robots", "x" * 1200, f"a\n--{boundary}\nb"):
+        (text_part, _) = parts(text, "<p>h</p>")
+        assert text_part == ("text/plain", "base64", text)
