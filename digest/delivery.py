@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from digest import services
+from digest import ranking, services
 from digest.config import Settings
 from digest.mailer import Connection, DeliveryError, Mailer
 from digest.models import (
@@ -313,8 +313,12 @@ def release_freed_memory() -> None:
         pass
 
 
-# Part of a cached corpus's file name: a new PreparedCorpus layout never loads an old file.
-CORPUS_FORMAT = 2
+# Part of a cached corpus's file name: a new PreparedCorpus layout, or new ranking code, never
+# loads a corpus prepared by another.
+CORPUS_FORMAT = (
+    2,
+    hashlib.sha256(Path(ranking.__file__).read_bytes()).hexdigest()[:16],
+)
 
 
 class CorpusCache:

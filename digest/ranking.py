@@ -242,27 +242,30 @@ def truncated_svd(
     """The rank-`k` latent space of a (papers x terms) matrix: the papers' coordinates
     (U times the singular values, papers x k) and the basis (k x terms), as TruncatedSVD gives.
 
-    Randomised subspace iteration (Halko, Martinsson and Tropp 2011, algorithm 4.4), with the
-    QR steps on the papers' side only: the corpus has far fewer papers than terms, and
-    scikit-learn's LU steps on the terms' side took most of a fit (22 s of 25 s on 5,000
-    papers with a 76,000-term vocabulary; about 3 s here).
+    Randomised subspace iteration (Halko, Martinsson and Tropp 2011, algorithm 4.4) started
+    on the papers' side, with its QR steps there too: the corpus has far fewer papers than
+    terms. scikit-learn's LU steps on the terms' side took most of a fit (22 s of 25 s on
+    5,000 papers with a 76,000-term vocabulary; about 3 s here), and in float32 with one
+    terms-side matrix alive at a time the fit's memory peak is a third of theirs.
     """
-    x = matrix.astype(np.float64).tocsr()
+    x = matrix.astype(np.float32).tocsr()
     xt = x.T.tocsr()  # CSR products with C-ordered dense operands: no hidden copies
     rng = np.random.default_rng(seed)
     width = min(k + oversample, min(x.shape))
-    q, _ = np.linalg.qr(x @ rng.standard_normal((x.shape[1], width)))
-    for _ in range(iterations):
-        q, _ = np.linalg.qr(x @ (xt @ np.ascontiguousarray(q)))
-    q = np.ascontiguousarray(q)
+    q = rng.standard_normal((x.shape[0], width), dtype=np.float32)
+    for _ in range(iterations + 1):
+        q, _ = np.linalg.qr(x @ (xt @ q))
+        q = np.ascontiguousarray(q, dtype=np.float32)
     b_t = xt @ q  # (terms x width): B = Q^T X, transposed
     # The small eigenproblem of B B^T gives B's singular vectors and values.
-    values, vectors = np.linalg.eigh(b_t.T @ b_t)
+    values, vectors = np.linalg.eigh((b_t.T @ b_t).astype(np.float64))
     order = np.argsort(values)[::-1][:k]
     sigma = np.sqrt(np.maximum(values[order], 0.0))
-    left = vectors[:, order]
-    basis = (b_t @ left).T / np.maximum(sigma, 1e-12)[:, None]  # rows: unit right vectors
-    return (q @ left) * sigma, basis
+    left = vectors[:, order].astype(np.float32)
+    basis = b_t @ left  # (terms x k), scaled below into unit right singular vectors
+    del b_t
+    basis /= np.maximum(sigma, 1e-12).astype(np.float32)
+    return (q @ left) * sigma.astype(np.float32), basis.T
 
 
 def recency(papers: Sequence[RankPaper], now: dt.datetime, half_life_days: float) -> np.ndarray:
@@ -558,9 +561,9 @@ LIKED = -2
 
 def _query_similarities(
     corpus: PreparedCorpus, texts: Sequence[str], config: RankingConfig
-) -> np.ndarray:
-    """(texts x papers) float32 similarities of free-text queries, each distinct text computed
-    once per corpus and configuration (remembered up to `query_memo_mb`)."""
+) -> list[np.ndarray]:
+    """Each free-text query's float32 similarities to the papers (one row per text), each
+    distinct text computed once per corpus and configuration (kept up to `query_memo_mb`)."""
     model = corpus.model
     memo = corpus.query_rows.get(config)
     if memo is None:
@@ -581,12 +584,10 @@ def _query_similarities(
             embedded=_encode(model, missing) if model.encoder else None,
         ).astype(np.float32)
         for text, row in zip(missing, sims, strict=True):
-            rows[text] = row
+            # A copy: a view would keep the whole batch's matrix alive in the memo.
+            rows[text] = row = row.copy()
             memo.put(text, row)
-    out = np.empty((len(texts), len(corpus.papers)), dtype=np.float32)
-    for k, text in enumerate(texts):
-        out[k] = rows[text]
-    return out
+    return [rows[text] for text in texts]
 
 
 def _rank_chunk(
@@ -600,7 +601,7 @@ def _rank_chunk(
     n_profiles, n_papers = len(profiles), len(papers)
     relevance = np.zeros((n_profiles, n_papers), dtype=np.float32)
 
-    # Each profile's topics are consecutive rows of `topic_sims`, from `first[i]` to `last[i]`.
+    # Each profile's topics are the rows of `topic_sims` from `first[i]` to `last[i]`.
     topic_texts: list[str] = []
     first = np.zeros(n_profiles, dtype=np.int64)
     last = np.zeros(n_profiles, dtype=np.int64)
@@ -609,19 +610,22 @@ def _rank_chunk(
         topic_texts.extend(t for t in profile.topics if t.strip())
         last[i] = len(topic_texts)
     topic_labels = [f"matches '{t.strip()}'" for t in topic_texts]
-    topic_sims = np.zeros((0, n_papers), dtype=np.float32)
+    topic_sims: list[np.ndarray] = []
     if topic_texts:
         topic_sims = _query_similarities(corpus, topic_texts, config)
-        with_topics = np.flatnonzero(last > first)
-        # The best single topic: one max over each profile's consecutive rows.
-        relevance[with_topics] = np.maximum.reduceat(topic_sims, first[with_topics], axis=0)
+        # The best single topic of each profile, its rows taken straight from the memo.
+        for i in range(n_profiles):
+            own = topic_sims[first[i] : last[i]]
+            if own:
+                relevance[i] = own[0]
+                for row in own[1:]:
+                    np.maximum(relevance[i], row, out=relevance[i])
         multi = np.flatnonzero(last - first > 1).tolist()
         if multi and config.joint_topics > 0:
             joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
-            sims = _query_similarities(corpus, joint, config)
             j = config.joint_topics
-            relevance[multi] = (1.0 - j) * relevance[multi] + j * sims
-            del sims
+            for i, row in zip(multi, _query_similarities(corpus, joint, config), strict=True):
+                relevance[i] = (1.0 - j) * relevance[i] + j * row
 
     liked_members: dict[int, sparse.csr_matrix] = {}
     disliked_members: dict[int, sparse.csr_matrix] = {}
@@ -661,7 +665,7 @@ def _rank_chunk(
     best = np.where(blocked, 0.0, relevance).max(axis=1, initial=0.0)
     scale = np.maximum(best, config.relevance_scale)[:, None]
     scores = config.weight_topic * np.maximum(relevance, 0.0) / scale + corpus.prior[None, :]
-    scores[blocked] = -np.inf
+    np.copyto(scores, -np.inf, where=blocked)
     allowed = n_papers - np.count_nonzero(blocked, axis=1)
 
     out: list[list[Pick]] = []
@@ -707,14 +711,15 @@ def _labels(
     i: int,
     first: np.ndarray,
     last: np.ndarray,
-    topic_sims: np.ndarray,
+    topic_sims: list[np.ndarray],
     liked_won: np.ndarray | None,
 ) -> dict[int, int]:
     """What gave profile `i` its relevance to each of these papers: the row of its best topic
     (the first of equals), LIKED for a liked paper's likeness, -1 for nothing."""
     labels = dict.fromkeys(columns, -1)
     if last[i] > first[i]:
-        best = np.argmax(topic_sims[first[i] : last[i], columns], axis=0) + first[i]
+        own = np.stack([topic_sims[r][columns] for r in range(first[i], last[i])])
+        best = np.argmax(own, axis=0) + first[i]
         labels = dict(zip(columns, best.tolist(), strict=True))
     if liked_won is not None:
         for j in columns:
