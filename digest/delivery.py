@@ -12,6 +12,7 @@ import ctypes
 import datetime as dt
 import fcntl
 import hashlib
+import mmap
 import os
 import pickle
 import time
@@ -384,21 +385,56 @@ class CorpusCache:
         path = self.directory / f"corpus-{key}.pickle"
         with open(self.directory / f"corpus-{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if path.exists():
-                try:
-                    with path.open("rb") as handle:
-                        loaded = pickle.load(handle)  # written by this service, below
-                    if isinstance(loaded, PreparedCorpus):
-                        return loaded
-                except (OSError, pickle.UnpicklingError, EOFError):
-                    pass  # a damaged file is prepared again
-            corpus = prepare()
-            tmp = path.with_suffix(".tmp")
-            with tmp.open("wb") as out:
-                pickle.dump(corpus, out, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-            _remove_stale(self.directory, keep=path)
-            return corpus
+            if not path.exists():
+                write_shared(prepare(), path)
+                _remove_stale(self.directory, keep=path)
+            try:
+                return read_shared(path)
+            except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+                # A damaged file is prepared again.
+                corpus = prepare()
+                write_shared(corpus, path)
+                return corpus
+
+
+def write_shared(corpus: PreparedCorpus, path: Path) -> None:
+    """Write a prepared corpus as a pickle whose arrays lie apart, page-aligned, in
+    `<path>.arrays`, so that `read_shared` can map them instead of copying them."""
+    buffers: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(corpus, protocol=5, buffer_callback=buffers.append)
+    offsets, position = [], 0
+    tmp_arrays = path.with_suffix(".arrays.tmp")
+    with tmp_arrays.open("wb") as out:
+        for buffer in buffers:
+            raw = buffer.raw()
+            position += -position % mmap.PAGESIZE
+            out.seek(position)
+            out.write(raw)
+            offsets.append((position, raw.nbytes))
+            position += raw.nbytes
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        pickle.dump(offsets, out, protocol=5)
+        out.write(body)
+    os.replace(tmp_arrays, path.with_suffix(".arrays"))
+    os.replace(tmp, path)
+
+
+def read_shared(path: Path) -> PreparedCorpus:
+    """A corpus written by `write_shared` (by this service: only it writes the cache
+    directory). Its arrays are read-only views of the mapped file: every worker process of the
+    host reads the same pages of the day's model instead of holding a copy of its own."""
+    with path.open("rb") as handle:
+        offsets = pickle.load(handle)
+        body = handle.read()
+    with path.with_suffix(".arrays").open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    view = memoryview(mapped)
+    corpus = pickle.loads(body, buffers=[view[start : start + n] for start, n in offsets])
+    if not isinstance(corpus, PreparedCorpus):
+        raise ValueError(f"{path} holds no prepared corpus")
+    return corpus
 
 
 def _remove_stale(directory: Path, *, keep: Path, max_age: float = 86400.0) -> None:

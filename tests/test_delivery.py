@@ -175,3 +175,17 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
             corpus, profile, config=config
         )
         assert [p.id for p in loaded.papers] == sorted(papers)
+        # The arrays are read-only views of one mapped file that every process shares.
+        assert len(list((tmp_path / "cache").glob("corpus-*.arrays"))) == 1
+        assert not loaded.vectors.data.flags.writeable
+        assert not loaded.prior.flags.writeable
+
+        # A damaged file is prepared again, not trusted.
+        monkeypatch.undo()
+        (path,) = (tmp_path / "cache").glob("corpus-*.pickle")
+        path.write_bytes(b"not a pickle")
+        third = delivery.CorpusCache(directory=tmp_path / "cache")
+        again, _ = third.get(session=session, settings=db_settings, digest_date=NOW.date(), now=NOW)
+        assert delivery.rank_prepared(again, profile, config=config) == delivery.rank_prepared(
+            corpus, profile, config=config
+        )
