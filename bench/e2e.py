@@ -15,7 +15,9 @@ message, recording each delivery. It runs on a sample (`--naive-sample`) and is 
 all subscribers; the ratio is naive time over our wall time.
 
 The last line printed is one JSON object with messages_per_second, wall_seconds, peak_rss_mb,
-ratio_vs_naive and the figures behind them.
+ratio_vs_naive and the figures behind them: the seconds to the first message (planning, and
+fitting the day's model), and the CPU each part used (the worker processes, the sink,
+PostgreSQL's server processes, Redis), in all and per message, since they share the cores.
 """
 
 from __future__ import annotations

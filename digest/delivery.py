@@ -224,6 +224,8 @@ def _plan_page(
 ) -> list[int]:
     catchup = dt.timedelta(hours=settings.catchup_hours)
     candidates: list[tuple[int, str, dt.date]] = []
+    # Subscribers share send windows (zone, hour, frequency): each window is worked out once.
+    due: dict[SendWindow, tuple[dt.date | None, str | None]] = {}
     for row in rows:
         sid, address, status = row[0], row[1], row[2]
         reason = status_reason(status)
@@ -242,7 +244,9 @@ def _plan_page(
                 day = local_date(window.timezone, now)
                 reason = not_due_reason(window, day)
             else:
-                day, reason = latest_due(window, now, catchup)
+                if window not in due:
+                    due[window] = latest_due(window, now, catchup)
+                day, reason = due[window]
             if reason is None and day is not None:
                 candidates.append((sid, address, day))
                 continue

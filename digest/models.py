@@ -33,8 +33,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is None:
-            return None
+        if value is None or value.tzinfo is dt.UTC:
+            return value
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value.astimezone(dt.UTC)

@@ -27,6 +27,8 @@ def template_environment(templates_dir: Path) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Templates change with a deploy, not while a worker runs: no stat() per render.
+        auto_reload=False,
     )
 
 
