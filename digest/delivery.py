@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
@@ -206,9 +206,26 @@ def plan_deliveries(
         )
         if new_ids and on_planned is not None:
             on_planned(new_ids)
+        planned_here = len(plan.delivery_ids)
+        if planned_here >= ANALYZE_AFTER > planned_here - len(new_ids):
+            _analyze_deliveries(session)
+    if len(plan.delivery_ids) >= ANALYZE_AFTER:
+        _analyze_deliveries(session)
     if email is not None and not found:
         raise services.UserError(f"No subscriber with address {email}.")
     return plan
+
+
+# A planner run that added this many deliveries refreshes the table's statistics (PostgreSQL),
+# after its first pages and at its end: the senders' queries are planned with them, and
+# statistics from before the day's rows existed made the database scan instead of look up.
+ANALYZE_AFTER = 1000
+
+
+def _analyze_deliveries(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"ANALYZE {Delivery.__tablename__}"))
+        session.commit()
 
 
 def _plan_page(
@@ -646,9 +663,12 @@ def send_deliveries(
             .where(col(Delivery.id).in_(claimed))
             .order_by(col(Delivery.id))
         ).all()
-        # Items of an earlier, failed attempt are replaced by this attempt's picks.
-        session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(claimed)))
-        session.commit()
+        # Items of an earlier, failed attempt are replaced by this attempt's picks (a first
+        # attempt has none: no statement, which stale statistics could turn into a scan).
+        retried = [d.id for d, _ in rows if d.attempts > 1]
+        if retried:
+            session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(retried)))
+            session.commit()
 
         by_date: dict[dt.date, list[tuple[Delivery, Subscriber]]] = {}
         for delivery, subscriber in rows:
@@ -669,7 +689,9 @@ def send_deliveries(
         for day, pairs in sorted(by_date.items()):
             summary.digest_date = day
             corpus, papers = cache.get(session=session, settings=settings, digest_date=day, now=now)
-            profiles = services.profiles_for(session=session, subscribers=[s for _, s in pairs])
+            profiles = services.profiles_for(
+                session=session, subscribers=[s for _, s in pairs], today=day
+            )
             picks_per = rank_prepared(corpus, profiles, config=services.ranking_config(settings))
             for (delivery, subscriber), picks in zip(pairs, picks_per, strict=True):
                 if not picks:

@@ -479,25 +479,57 @@ def ranking_config(settings: Settings) -> RankingConfig:
     )
 
 
-def sent_paper_ids(*, session: Session, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
-    """The papers each subscriber already received (or is being sent right now)."""
+# Papers sent this many days back still count as sent: a candidate is at most a few days old by
+# its dates, so older digests cannot hold one (the margin covers papers whose dates change).
+SEEN_DAYS = 30
+
+
+def sent_paper_ids(
+    *, session: Session, subscriber_ids: Sequence[int], today: dt.date | None = None
+) -> dict[int, set[str]]:
+    """The papers each subscriber already received (or is being sent right now), in the
+    digests of the last SEEN_DAYS days before `today` (all of them without `today`).
+
+    Two index lookups (their deliveries by subscriber, then those deliveries' papers by
+    delivery) instead of a join: with statistics from before the day's deliveries existed, a
+    planner chose to scan every delivered paper ever, for each batch of 500 digests.
+    """
     seen: dict[int, set[str]] = {sid: set() for sid in subscriber_ids}
     if not subscriber_ids:
         return seen
-    statement = (
-        select(Delivery.subscriber_id, DeliveryItem.paper_id)
-        .join(DeliveryItem, col(DeliveryItem.delivery_id) == col(Delivery.id))
-        .where(col(Delivery.subscriber_id).in_(list(subscriber_ids)))
-        .where(col(Delivery.state).in_([DeliveryState.SENT.value, DeliveryState.SENDING.value]))
-    )
-    for subscriber_id, paper_id in session.exec(statement):
-        seen[subscriber_id].add(paper_id)
+    statement = select(
+        col(Delivery.id),
+        col(Delivery.subscriber_id),
+        col(Delivery.state),
+        col(Delivery.digest_date),
+    ).where(col(Delivery.subscriber_id).in_(list(subscriber_ids)))
+    since = today - dt.timedelta(days=SEEN_DAYS) if today is not None else None
+    counted = (DeliveryState.SENT.value, DeliveryState.SENDING.value)
+    # State and date are checked here, not in the query, so that no stale estimate of how rare
+    # they are can steer the database away from the subscriber index.
+    owner = {
+        delivery_id: subscriber_id
+        for delivery_id, subscriber_id, state, day in session.execute(statement)
+        if state in counted and (since is None or day >= since)
+    }
+    ids = list(owner)
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        rows = session.execute(
+            select(col(DeliveryItem.delivery_id), col(DeliveryItem.paper_id)).where(
+                col(DeliveryItem.delivery_id).in_(chunk)
+            )
+        )
+        for delivery_id, paper_id in rows:
+            seen[owner[delivery_id]].add(paper_id)
     return seen
 
 
-def profiles_for(*, session: Session, subscribers: Sequence[Subscriber]) -> list[Profile]:
+def profiles_for(
+    *, session: Session, subscribers: Sequence[Subscriber], today: dt.date | None = None
+) -> list[Profile]:
     ids = [s.id for s in subscribers if s.id is not None]
-    seen = sent_paper_ids(session=session, subscriber_ids=ids)
+    seen = sent_paper_ids(session=session, subscriber_ids=ids, today=today)
     liked: dict[int, list[RankPaper]] = {i: [] for i in ids}
     disliked: dict[int, list[RankPaper]] = {i: [] for i in ids}
     if ids:

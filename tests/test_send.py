@@ -225,3 +225,43 @@ def test_parts_go_out_as_written_when_7bit_allows_and_in_base64_otherwise():
     for text in ("Légged robots", "x" * 1200, f"a\n--{boundary}\nb"):
         (text_part, _) = parts(text, "<p>h</p>")
         assert text_part == ("text/plain", "base64", text)
+
+
+def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(engine):
+    import datetime as dt
+
+    with Session(engine) as session:
+        seed(session, n=4)
+        paper_ids = sorted(p.id for p in session.exec(select(services.Paper)))
+        sub = services.add_subscriber(
+            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+        )
+        other = services.add_subscriber(
+            session=session, email="b@example.com", topics=["diffusion models"], now=NOW
+        )
+        cases = [  # (days ago, state, paper)
+            (services.SEEN_DAYS + 1, DeliveryState.SENT, paper_ids[0]),  # too old to matter
+            (services.SEEN_DAYS, DeliveryState.SENT, paper_ids[1]),
+            (1, DeliveryState.FAILED, paper_ids[2]),  # never reached the reader
+            (0, DeliveryState.SENDING, paper_ids[3]),  # on its way
+        ]
+        for days, state, paper_id in cases:
+            row = Delivery(
+                subscriber_id=sub.id,
+                digest_date=DAY - dt.timedelta(days=days),
+                state=state.value,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+            session.add(row)
+            session.commit()
+            session.add(
+                DeliveryItem(delivery_id=row.id, paper_id=paper_id, rank=1, score=1.0, why="x")
+            )
+            session.commit()
+        seen = services.sent_paper_ids(
+            session=session, subscriber_ids=[sub.id, other.id], today=DAY
+        )
+        assert seen == {sub.id: {paper_ids[1], paper_ids[3]}, other.id: set()}
+        everything = services.sent_paper_ids(session=session, subscriber_ids=[sub.id])
+        assert everything == {sub.id: {paper_ids[0], paper_ids[1], paper_ids[3]}}
