@@ -93,6 +93,10 @@ class RankingConfig:
     feedback_weight: float = 1.0
     # Share of sentence-embedding similarity in relevance, when the model has an encoder.
     embedding_weight: float = 0.5
+    # The same share for liked and disliked papers. Zero by default: the TF-IDF and latent
+    # centroid of whole abstracts already says more than a mean of sentence embeddings, and
+    # blending them in lowered precision on liked-paper profiles (bench/relevance.py).
+    feedback_embedding_weight: float = 0.0
     # Each pick already made for the same topic takes this share off the next one's score, so
     # one topic does not crowd the others out of a digest.
     topic_crowding: float = 0.1
@@ -442,9 +446,11 @@ def _similarities(
     *,
     expand: bool = True,
     embedded: np.ndarray | None = None,
+    embedding_weight: float | None = None,
 ) -> np.ndarray:
     """(queries x papers): TF-IDF cosine blended with latent-semantic cosine (and with
-    sentence-embedding cosine when the queries' `embedded` rows are given)."""
+    sentence-embedding cosine, by `embedding_weight` or the config's, when the queries'
+    `embedded` rows are given)."""
     sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
     semantic = model.semantic(queries)
     if semantic is not None and corpus.semantic_t is not None:
@@ -455,18 +461,18 @@ def _similarities(
         # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
         # picks must not depend on which other profiles share its batch.
         sims += a * (semantic.astype(np.float64) @ corpus.semantic_t)
-    if embedded is not None and corpus.embedded_t is not None:
-        e = config.embedding_weight
+    e = config.embedding_weight if embedding_weight is None else embedding_weight
+    if embedded is not None and corpus.embedded_t is not None and e > 0:
         sims *= 1.0 - e
         sims += e * (embedded @ corpus.embedded_t)
     return sims
 
 
 def _centroids(
-    model: TopicModel, groups: Sequence[Sequence[RankPaper]]
+    model: TopicModel, groups: Sequence[Sequence[RankPaper]], *, embed: bool
 ) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
-    """One unit centroid per group of papers, each group's own paper vectors, and the
-    centroids' sentence embeddings when the model has an encoder."""
+    """One unit centroid per group of papers, each group's own paper vectors, and (with
+    `embed`, when the model has an encoder) the centroids' sentence embeddings."""
     flat = [p.text for g in groups for p in g]
     vectors = model.transform(flat)
     rows, cols, vals, members, start = [], [], [], [], 0
@@ -479,7 +485,7 @@ def _centroids(
         start += len(group)
     owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
     embedded = None
-    if model.encoder is not None:
+    if embed and model.encoder is not None:
         embedded = normalize(owner @ _encode(model, flat))
     return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
 
@@ -554,10 +560,18 @@ def _rank_chunk(
         if not owners_list:
             continue
         centroids, groups, embedded = _centroids(
-            model, [getattr(profiles[i], kind) for i in owners_list]
+            model,
+            [getattr(profiles[i], kind) for i in owners_list],
+            embed=config.feedback_embedding_weight > 0,
         )
         sims = _similarities(
-            model, corpus, centroids, config, expand=kind == "liked", embedded=embedded
+            model,
+            corpus,
+            centroids,
+            config,
+            expand=kind == "liked",
+            embedded=embedded,
+            embedding_weight=config.feedback_embedding_weight,
         )
         owners = np.asarray(owners_list)
         members.update(zip(owners_list, groups, strict=True))

@@ -408,3 +408,23 @@ def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
     assert ids(embedded)[0] == "quad" and "voice" not in ids(embedded)
     assert "matches 'legged locomotion'" in embedded[0].why
     assert encoder.calls >= 2  # the candidates, then the topics
+
+
+def test_liked_papers_are_compared_without_the_encoder_unless_configured():
+    papers = [
+        make_rank_paper(id="quad", title="Quadruped walking", abstract="Quadruped walking."),
+        make_rank_paper(id="voice", title="Voice cloning", abstract="Voice cloning."),
+        *[make_rank_paper() for _ in range(6)],
+    ]
+    liked = make_rank_paper(id="liked", title="Legged locomotion", abstract="Legged locomotion.")
+    profile = make_profile(topics=(), liked=(liked,))
+    encoder = ConceptEncoder()
+    model = TopicModel.fit([p.text for p in papers], encoder=encoder)
+    prepared = prepare_corpus(papers, now=NOW, model=model)
+    calls = encoder.calls
+    (plain,) = rank_prepared(prepared, [profile])
+    assert "quad" not in ids(plain) and encoder.calls == calls  # liked papers not encoded
+    (blended,) = rank_prepared(
+        prepared, [profile], config=RankingConfig(feedback_embedding_weight=0.5)
+    )
+    assert ids(blended)[0] == "quad" and "voice" not in ids(blended)
