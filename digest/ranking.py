@@ -467,7 +467,8 @@ def rank_prepared(
     """`rank_papers` against a prepared corpus: call it per batch of profiles, all alike.
 
     `config` (default: the one the corpus was prepared with) sets the profile side; recency,
-    trending and near-duplicates keep the corpus's settings.
+    trending, near-duplicates and the candidates' corpus neighbours (for field votes) keep the
+    corpus's settings.
     """
     if not corpus.papers or not profiles:
         return [[] for _ in profiles]
