@@ -20,7 +20,8 @@ Methods, all scored on the same candidates in one run:
 - ours: `digest.ranking.rank_papers` with its default configuration and one `TopicModel` fitted
   for the run, exactly as the delivery pipeline calls it.
 - ours+minilm: the same with the optional embedding backend (`digest.embeddings`, the
-  `embeddings` extra) blended into relevance.
+  `embeddings` extra) blended into topic relevance (liked papers are compared without it, the
+  ranker's default).
 
 Every method gets the same background corpus to fit on (papers first announced in the months
 before the last digest day). Precision@10 counts a missing pick (a ranker may send fewer than ten
