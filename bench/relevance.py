@@ -20,7 +20,8 @@ Methods, all scored on the same candidates in one run:
 - ours: `digest.ranking.rank_papers` with its default configuration and one `TopicModel` fitted
   for the run, exactly as the delivery pipeline calls it.
 - ours+minilm: the same with the optional embedding backend (`digest.embeddings`, the
-  `embeddings` extra) blended into relevance.
+  `embeddings` extra) blended into topic relevance (liked papers are compared without it, the
+  ranker's default).
 
 Every method gets the same background corpus to fit on (papers first announced in the months
 before the last digest day). Precision@10 counts a missing pick (a ranker may send fewer than ten
@@ -30,6 +31,11 @@ included; the embedding model's one-off load is reported apart.
     pip install torch==2.13.0        # first, so that pip takes the CPU build
     pip install -e '.[bench]'
     HF_HUB_OFFLINE=1 python bench/relevance.py [--corpus PATH] [--skip minilm --skip ours+minilm]
+
+Tune on May, report June (the default), so that settings are not fitted to the reported days; May
+takes its liked papers from February, which neither June's profiles nor the background use:
+
+    python bench/relevance.py --month 2026-05 --liked-month 2026-02 --only ours
 """
 
 from __future__ import annotations
@@ -331,9 +337,14 @@ METHODS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=Path(DEFAULT_CORPUS))
-    parser.add_argument("--days", type=int, default=6, help="digest days (June 2026)")
+    parser.add_argument(
+        "--month",
+        default="2026-06",
+        help="month of the digest days; tune on another month than the one reported",
+    )
+    parser.add_argument("--days", type=int, default=6, help="digest days in --month")
     parser.add_argument("--window", type=int, default=3, help="announcement days per digest")
-    parser.add_argument("--liked-month", default="2026-01")
+    parser.add_argument("--liked-month", default="2026-01", help="where liked papers come from")
     parser.add_argument("--liked-profiles", type=int, default=3, help="per interest")
     parser.add_argument("--background-from", default="2026-03-01")
     parser.add_argument("--skip", action="append", default=[], choices=sorted(METHODS))
@@ -345,9 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_day: dict[dt.date, list[Doc]] = defaultdict(list)
     for d in docs:
         by_day[d.first_seen].append(d)
-    june = sorted(day for day in by_day if day.isoformat().startswith("2026-06"))
-    step = max(1, len(june) // args.days)
-    digest_days = june[args.window :: step][: args.days]
+    month = sorted(day for day in by_day if day.isoformat().startswith(args.month))
+    step = max(1, len(month) // args.days)
+    digest_days = month[args.window :: step][: args.days]
     all_days = sorted(by_day)
     last = digest_days[-1]
     background = [d for d in docs if args.background_from <= d.first_seen.isoformat()]
@@ -363,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(days)} digest days ({', '.join(str(d) for d, _ in days)}), {n_cands} candidates "
         f"in all, {len(profiles)} profiles ({len(INTERESTS)} interests), background corpus "
-        f"{len(background)} papers",
+        f"{len(background)} papers from {args.background_from}, liked papers from "
+        f"{args.liked_month}",
         file=sys.stderr,
     )
 

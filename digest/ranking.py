@@ -91,8 +91,19 @@ class RankingConfig:
     # its nearest papers of the model's corpus by this weight.
     feedback_papers: int = 30
     feedback_weight: float = 1.0
+    # Field votes: a query's field is its nearest papers of the model's corpus (this share of
+    # the corpus), and a candidate's vote is the share of its `field_neighbours` nearest corpus
+    # papers inside that field. A paper among many of the field's papers matches the topic even
+    # where it shares few words with it. The vote takes `field_weight` of relevance.
+    field_weight: float = 0.5
+    field_share: float = 0.015
+    field_neighbours: int = 10
     # Share of sentence-embedding similarity in relevance, when the model has an encoder.
     embedding_weight: float = 0.5
+    # The same share for liked and disliked papers. Zero by default: the TF-IDF and latent
+    # centroid of whole abstracts already says more than a mean of sentence embeddings, and
+    # blending them in lowered precision on liked-paper profiles (bench/relevance.py).
+    feedback_embedding_weight: float = 0.0
     # Each pick already made for the same topic takes this share off the next one's score, so
     # one topic does not crowd the others out of a digest.
     topic_crowding: float = 0.1
@@ -217,23 +228,71 @@ class TopicModel:
         dense = np.asarray(vectors @ self.components.T, dtype=np.float32)
         return normalize(dense)
 
-    def expand(self, queries: np.ndarray, documents: int, weight: float) -> np.ndarray:
-        """Pseudo-relevance feedback (Rocchio) in the latent space: move each query towards its
-        `documents` nearest corpus papers, so a two-word topic reaches the vocabulary of its
-        field."""
-        if self.documents is None or documents <= 0 or weight <= 0 or not len(queries):
-            return queries
-        m = min(documents, self.documents.shape[0])
-        out = np.empty_like(queries, dtype=np.float64)
-        # Blocks of queries bound memory at block x corpus size; float64 keeps each row's result
+    def nearest(self, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each latent row's `count` nearest corpus papers, nearest first: (indices, cosines)."""
+        assert self.documents is not None
+        count = min(count, self.documents.shape[0])
+        index = np.empty((len(vectors), count), dtype=np.int64)
+        cosine = np.empty((len(vectors), count), dtype=np.float64)
+        # Blocks of rows bound memory at block x corpus size; float64 keeps each row's result
         # independent of the block it is computed in.
-        for start in range(0, len(queries), 256):
-            block = queries[start : start + 256].astype(np.float64)
-            sims = block @ self.documents.T
-            top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
-            centroid = self.documents[top].mean(axis=1)
-            out[start : start + 256] = block + weight * normalize(centroid)
-        return normalize(out)
+        for start in range(0, len(vectors), 256):
+            sims = vectors[start : start + 256].astype(np.float64) @ self.documents.T
+            top = np.argpartition(-sims, count - 1, axis=1)[:, :count]
+            near = np.take_along_axis(sims, top, axis=1)
+            # Nearest first; equal cosines by corpus index, so the order is the same every run.
+            order = np.lexsort((top, -near), axis=1)
+            index[start : start + 256] = np.take_along_axis(top, order, axis=1)
+            cosine[start : start + 256] = np.take_along_axis(near, order, axis=1)
+        return index, cosine
+
+    def feedback(
+        self, queries: np.ndarray, config: RankingConfig
+    ) -> tuple[np.ndarray, sparse.csr_matrix | None]:
+        """Pseudo-relevance feedback in the latent space, for these latent query rows.
+
+        Each query is moved towards its `feedback_papers` nearest corpus papers (Rocchio), so a
+        two-word topic reaches the vocabulary of its field; and its field, its nearest corpus
+        papers (`field_share` of them, at least `field_neighbours`), comes back as a
+        (queries x corpus) 0/1 matrix (None when field votes are off).
+        """
+        if self.documents is None or not len(queries):
+            return queries, None
+        m = config.feedback_papers if config.feedback_weight > 0 else 0
+        f = 0
+        if config.field_weight > 0:
+            size = round(config.field_share * self.documents.shape[0])
+            f = max(size, config.field_neighbours)
+        if max(m, f) <= 0:
+            return queries, None
+        index, _ = self.nearest(queries, max(m, f))
+        expanded = queries.astype(np.float64)
+        if m > 0:
+            centroid = self.documents[index[:, :m]].mean(axis=1)
+            expanded = normalize(expanded + config.feedback_weight * normalize(centroid))
+        field = None
+        if f > 0:
+            members = index[:, :f]
+            field = sparse.csr_matrix(
+                (
+                    np.ones(members.size),
+                    (np.repeat(np.arange(len(queries)), members.shape[1]), members.ravel()),
+                ),
+                shape=(len(queries), self.documents.shape[0]),
+            )
+        return expanded, field
+
+    def neighbours(self, vectors: np.ndarray, count: int) -> sparse.csr_matrix | None:
+        """(rows x corpus): each latent row's `count` nearest corpus papers, weighted by cosine,
+        weights summing to one (None without a latent space)."""
+        if self.documents is None or count <= 0 or not len(vectors):
+            return None
+        index, cosine = self.nearest(vectors, count)
+        weights = normalize(np.maximum(cosine, 0.0), norm="l1")
+        return sparse.csr_matrix(
+            (weights.ravel(), (np.repeat(np.arange(len(vectors)), index.shape[1]), index.ravel())),
+            shape=(len(vectors), self.documents.shape[0]),
+        )
 
 
 def truncated_svd(
@@ -392,6 +451,8 @@ class PreparedCorpus:
     duplicates: dict[int, set[int]]
     # (embedding dimensions x papers), when the model has an encoder.
     embedded_t: np.ndarray | None = None
+    # (model corpus x papers): each paper's nearest corpus papers, for field votes.
+    neighbours_t: sparse.csr_matrix | None = None
     # Papers matching each excluded term seen so far (a memo: same answer, computed once).
     term_hits: dict[str, list[int]] = field(default_factory=dict)
     # Each paper's place in the order of ids: ties in score go by id.
@@ -441,6 +502,9 @@ def prepare_corpus(
     else:
         vectors = model.transform([p.text for p in papers])
     semantic = model.semantic(vectors)
+    neighbours = None
+    if semantic is not None and config.field_weight > 0:
+        neighbours = model.neighbours(semantic, config.field_neighbours)
     return PreparedCorpus(
         papers=papers,
         now=now,
@@ -457,6 +521,7 @@ def prepare_corpus(
         embedded_t=None
         if model.encoder is None
         else np.ascontiguousarray(_encode(model, [p.text for p in papers]).T),
+        neighbours_t=None if neighbours is None else neighbours.T.tocsr(),
     )
 
 
@@ -474,7 +539,8 @@ def rank_prepared(
     """`rank_papers` against a prepared corpus: call it per batch of profiles, all alike.
 
     `config` (default: the one the corpus was prepared with) sets the profile side; recency,
-    trending and near-duplicates keep the corpus's settings.
+    trending, near-duplicates and the candidates' corpus neighbours (for field votes) keep the
+    corpus's settings.
     """
     if not corpus.papers or not profiles:
         return [[] for _ in profiles]
@@ -514,31 +580,38 @@ def _similarities(
     *,
     expand: bool = True,
     embedded: np.ndarray | None = None,
+    embedding_weight: float | None = None,
 ) -> np.ndarray:
-    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine (and with
-    sentence-embedding cosine when the queries' `embedded` rows are given)."""
+    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine and, with
+    `expand`, with field votes (and with sentence-embedding cosine, by `embedding_weight` or
+    the config's, when the queries' `embedded` rows are given)."""
     sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
     semantic = model.semantic(queries)
     if semantic is not None and corpus.semantic_t is not None:
+        field = None
         if expand:
-            semantic = model.expand(semantic, config.feedback_papers, config.feedback_weight)
+            semantic, field = model.feedback(semantic, config)
         a = config.semantic_weight
         sims *= 1.0 - a
         # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
         # picks must not depend on which other profiles share its batch.
         sims += a * (semantic.astype(np.float64) @ corpus.semantic_t)
-    if embedded is not None and corpus.embedded_t is not None:
-        e = config.embedding_weight
+        if field is not None and corpus.neighbours_t is not None:
+            f = config.field_weight
+            sims *= 1.0 - f
+            sims += f * (field @ corpus.neighbours_t).toarray()
+    e = config.embedding_weight if embedding_weight is None else embedding_weight
+    if embedded is not None and corpus.embedded_t is not None and e > 0:
         sims *= 1.0 - e
         sims += e * (embedded @ corpus.embedded_t)
     return sims
 
 
 def _centroids(
-    model: TopicModel, groups: Sequence[Sequence[RankPaper]]
+    model: TopicModel, groups: Sequence[Sequence[RankPaper]], *, embed: bool
 ) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
-    """One unit centroid per group of papers, each group's own paper vectors, and the
-    centroids' sentence embeddings when the model has an encoder."""
+    """One unit centroid per group of papers, each group's own paper vectors, and (with
+    `embed`, when the model has an encoder) the centroids' sentence embeddings."""
     flat = [p.text for g in groups for p in g]
     vectors = model.transform(flat)
     rows, cols, vals, members, start = [], [], [], [], 0
@@ -551,7 +624,7 @@ def _centroids(
         start += len(group)
     owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
     embedded = None
-    if model.encoder is not None:
+    if embed and model.encoder is not None:
         embedded = normalize(owner @ _encode(model, flat))
     return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
 
@@ -636,10 +709,18 @@ def _rank_chunk(
         if not owners_list:
             continue
         centroids, groups, embedded = _centroids(
-            model, [getattr(profiles[i], kind) for i in owners_list]
+            model,
+            [getattr(profiles[i], kind) for i in owners_list],
+            embed=config.feedback_embedding_weight > 0,
         )
         sims = _similarities(
-            model, corpus, centroids, config, expand=kind == "liked", embedded=embedded
+            model,
+            corpus,
+            centroids,
+            config,
+            expand=kind == "liked",
+            embedded=embedded,
+            embedding_weight=config.feedback_embedding_weight,
         )
         owners = np.asarray(owners_list)
         members.update(zip(owners_list, groups, strict=True))

@@ -342,6 +342,22 @@ def test_a_model_fitted_once_has_a_latent_space_and_ranks_batches_alike():
     assert privacy and privacy[0].paper_id.startswith("privacy")
 
 
+def test_a_paper_of_the_topics_field_rises_without_sharing_its_words():
+    model = TopicModel.fit([p.text for p in large_corpus()], min_docs=200)
+    papers = [
+        make_rank_paper(id="field", title="Terrain controller", abstract="Rough terrain control."),
+        make_rank_paper(id="other", title="Vocoder speaker", abstract="A vocoder per speaker."),
+        *[make_rank_paper() for _ in range(6)],
+    ]
+    profile = make_profile(topics=("quadruped gait",))
+    (without,) = rank_papers(
+        papers, [profile], now=NOW, model=model, config=RankingConfig(field_weight=0.0)
+    )
+    (with_votes,) = rank_papers(papers, [profile], now=NOW, model=model)
+    assert ids(with_votes) == ["field"]  # the robot papers' field, not the speech one
+    assert with_votes[0].relevance > without[0].relevance
+
+
 def test_one_topic_does_not_crowd_out_the_others():
     subjects = ["video", "audio", "molecules", "text", "shapes", "weather", "layouts", "proteins"]
     papers = [
@@ -408,6 +424,26 @@ def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
     assert ids(embedded)[0] == "quad" and "voice" not in ids(embedded)
     assert "matches 'legged locomotion'" in embedded[0].why
     assert encoder.calls >= 2  # the candidates, then the topics
+
+
+def test_liked_papers_are_compared_without_the_encoder_unless_configured():
+    papers = [
+        make_rank_paper(id="quad", title="Quadruped walking", abstract="Quadruped walking."),
+        make_rank_paper(id="voice", title="Voice cloning", abstract="Voice cloning."),
+        *[make_rank_paper() for _ in range(6)],
+    ]
+    liked = make_rank_paper(id="liked", title="Legged locomotion", abstract="Legged locomotion.")
+    profile = make_profile(topics=(), liked=(liked,))
+    encoder = ConceptEncoder()
+    model = TopicModel.fit([p.text for p in papers], encoder=encoder)
+    prepared = prepare_corpus(papers, now=NOW, model=model)
+    calls = encoder.calls
+    (plain,) = rank_prepared(prepared, [profile])
+    assert "quad" not in ids(plain) and encoder.calls == calls  # liked papers not encoded
+    (blended,) = rank_prepared(
+        prepared, [profile], config=RankingConfig(feedback_embedding_weight=0.5)
+    )
+    assert ids(blended)[0] == "quad" and "voice" not in ids(blended)
 
 
 # ---------------------------------------------------------------------------------------------
