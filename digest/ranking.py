@@ -399,10 +399,6 @@ def _age_phrase(paper: RankPaper, now: dt.datetime) -> str | None:
     return "1 day old" if days == 1 else f"{days} days old"
 
 
-def explain(paper: RankPaper, matched: str, now: dt.datetime, extra: Sequence[str] = ()) -> str:
-    return "; ".join([matched, *extra, *_paper_reasons(paper, now)])
-
-
 def _paper_reasons(paper: RankPaper, now: dt.datetime) -> list[str]:
     """The parts of a reason that depend on the paper alone: trending and age."""
     parts = []
