@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -596,6 +597,33 @@ def _link(settings: Settings, path: str, purpose: Purpose, payload: dict[str, ob
     return f"{settings.base_url}/{path}/{make_token(settings.secret_key, purpose, payload)}"
 
 
+# A paper's part of a digest entry, made once per paper object: a run sends the same few
+# thousand papers (held by the corpus cache) to everyone. A weak reference to the object is
+# kept with its parts, so that an id is never taken for another paper's and no paper is kept
+# alive by this cache.
+_ENTRY_PARTS: dict[tuple[int, str], tuple[weakref.ref[Paper], tuple[str, ...]]] = {}
+ENTRY_PARTS_MAX = 20_000
+
+
+def _entry_parts(paper: Paper, base_url: str) -> tuple[str, ...]:
+    key = (id(paper), base_url)
+    hit = _ENTRY_PARTS.get(key)
+    if hit is not None and hit[0]() is paper:
+        return hit[1]
+    parts = (
+        paper.id,
+        paper.title,
+        format_authors(paper.authors),
+        short_summary(paper.ai_summary or paper.abstract),
+        paper.url or f"{base_url}/papers/{paper.id}",
+        f"?paper={quote(paper.id, safe='')}",
+    )
+    if len(_ENTRY_PARTS) >= ENTRY_PARTS_MAX:
+        _ENTRY_PARTS.clear()
+    _ENTRY_PARTS[key] = (weakref.ref(paper), parts)
+    return parts
+
+
 def digest_context(
     *,
     settings: Settings,
@@ -610,18 +638,19 @@ def digest_context(
     # vote (a dozen signatures per message cost more than the rest of its links).
     feedback = _link(settings, "feedback", Purpose.FEEDBACK, {"s": sid})
     for pick in picks:
-        paper = papers[pick.paper_id]
-        paper_query = f"?paper={quote(paper.id, safe='')}"
+        paper_id, title, authors, summary, url, query = _entry_parts(
+            papers[pick.paper_id], settings.base_url
+        )
         entries.append(
             DigestEntry(
-                paper_id=paper.id,
-                title=paper.title,
-                authors=format_authors(paper.authors),
-                summary=short_summary(paper.ai_summary or paper.abstract),
-                url=paper.url or f"{settings.base_url}/papers/{paper.id}",
+                paper_id=paper_id,
+                title=title,
+                authors=authors,
+                summary=summary,
+                url=url,
                 why=pick.why,
-                like_url=f"{feedback}/up{paper_query}",
-                dislike_url=f"{feedback}/down{paper_query}",
+                like_url=f"{feedback}/up{query}",
+                dislike_url=f"{feedback}/down{query}",
             )
         )
     unsubscribe_token = make_token(settings.secret_key, Purpose.UNSUBSCRIBE, {"s": sid})

@@ -265,3 +265,36 @@ def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(engine)
         assert seen == {sub.id: {paper_ids[1], paper_ids[3]}, other.id: set()}
         everything = services.sent_paper_ids(session=session, subscriber_ids=[sub.id])
         assert everything == {sub.id: {paper_ids[0], paper_ids[1], paper_ids[3]}}
+
+
+def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_settings):
+    import gc
+
+    from digest.models import Paper, Subscriber
+    from digest.ranking import Pick
+
+    def entry(paper):
+        pick = Pick(paper_id=paper.id, score=1.0, why="w", relevance=1.0, matched="m")
+        context = services.digest_context(
+            settings=db_settings,
+            subscriber=Subscriber(id=1, email="r@x.test"),
+            digest_date=NOW.date(),
+            picks=[pick],
+            papers={paper.id: paper},
+        )
+        return context.entries[0]
+
+    for n in range(200):
+        # Each paper is dropped before the next is made, so ids of objects get reused: a
+        # remembered entry must never be taken for the next paper's.
+        paper = Paper(id=f"2606.{n:05d}", title=f"Title {n}", abstract=f"About {n}.", authors=[])
+        first = entry(paper)
+        assert (first.paper_id, first.title, first.summary) == (
+            paper.id,
+            f"Title {n}",
+            f"About {n}.",
+        )
+        assert entry(paper) == first
+        assert first.like_url.endswith(f"/up?paper=2606.{n:05d}")
+        del paper, first
+        gc.collect()
