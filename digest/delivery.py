@@ -928,8 +928,12 @@ def stuck_deliveries(*, session: Session, settings: Settings, now: dt.datetime) 
     """Deliveries to queue again: planned but untouched for a while (a lost task), sending
     under an expired lease (a dead worker), failed and due for a retry (a lost retry)."""
     grace = now - dt.timedelta(seconds=settings.planned_grace_seconds)
+    # Only recent digests can be stuck: planned within the catch-up window, retried until the
+    # deadline, in any time zone. The date index narrows the search to them.
+    horizon = now - dt.timedelta(hours=settings.catchup_hours + settings.retry_deadline_hours + 48)
     statement = (
         select(col(Delivery.id))
+        .where(col(Delivery.digest_date) >= horizon.date())
         .where(
             or_(
                 and_(
