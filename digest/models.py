@@ -139,6 +139,10 @@ class Delivery(SQLModel, table=True):
 class DeliveryItem(SQLModel, table=True):
     """A paper a delivery contained, with the score and reason it was picked for."""
 
+    # No foreign keys: checking them locked the delivery and paper rows for each of a digest's
+    # ten items (and two workers locking one paper made a multixact), a third of the database's
+    # work per message. Items are written only for a delivery just claimed, with papers of the
+    # stored corpus, and a subscriber's deletion removes their items first.
     delivery_id: int = Field(primary_key=True)
     paper_id: str = Field(primary_key=True, index=True)
     rank: int
