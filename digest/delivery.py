@@ -16,7 +16,6 @@ import mmap
 import os
 import pickle
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
@@ -127,26 +126,63 @@ class Plan:
     retry_ids: list[int] = field(default_factory=list)
 
 
-def _insert_ignoring_conflicts(session: Session, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert planned deliveries; rows that exist already are left alone. Returns new ids."""
+# PostgreSQL: a page of planned deliveries as three arrays, the same for every page size. The
+# multi-row VALUES form took 8 parameters a row, and the driver parsing that statement's text
+# (tens of thousands of placeholders) was two thirds of the planner's time.
+_PLAN_PG = text(
+    f"INSERT INTO {Delivery.__tablename__} "
+    "(subscriber_id, digest_date, message_id, state, attempts, created_at, updated_at) "
+    "SELECT s, d, m, :state, 0, :now, :now "
+    "FROM unnest(CAST(:subscribers AS INTEGER[]), CAST(:days AS DATE[]), "
+    "CAST(:message_ids AS VARCHAR[])) AS t(s, d, m) "
+    "ON CONFLICT (subscriber_id, digest_date) DO NOTHING RETURNING id"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def _insert_ignoring_conflicts(
+    session: Session, rows: list[tuple[int, dt.date, str]], now: dt.datetime
+) -> list[int]:
+    """Insert planned deliveries (subscriber, digest date, Message-ID); rows that exist
+    already are left alone. Returns the new ids."""
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    table = Delivery.__table__  # type: ignore[attr-defined]
     if dialect == "postgresql":
-        statement: Any = postgresql.insert(table).on_conflict_do_nothing(
-            index_elements=["subscriber_id", "digest_date"]
+        subscribers, days, message_ids = (list(column) for column in zip(*rows, strict=True))
+        result = session.execute(
+            _PLAN_PG,
+            {
+                "subscribers": subscribers,
+                "days": days,
+                "message_ids": message_ids,
+                "state": DeliveryState.PLANNED.value,
+                "now": now,
+            },
         )
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).on_conflict_do_nothing(
-            index_elements=["subscriber_id", "digest_date"]
-        )
-    else:  # pragma: no cover - other databases are not supported yet
+        return [row[0] for row in result]
+    if dialect != "sqlite":  # pragma: no cover - other databases are not supported yet
         raise RuntimeError(f"unsupported database {dialect}")
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    statement = (
+        sqlite.insert(table)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
+        .returning(table.c.id)
+    )
+    values = [
+        {
+            "subscriber_id": sid,
+            "digest_date": day,
+            "message_id": message_id,
+            "state": DeliveryState.PLANNED.value,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for sid, day, message_id in rows
+    ]
     ids: list[int] = []
-    for start in range(0, len(rows), 2000):
-        result = session.execute(statement.returning(table.c.id), rows[start : start + 2000])
-        ids.extend(row[0] for row in result)
+    for start in range(0, len(values), 2000):
+        ids.extend(row[0] for row in session.execute(statement, values[start : start + 2000]))
     return ids
 
 
@@ -301,19 +337,13 @@ def _plan_page(
         plan.delivery_ids.extend(sid for sid, _, _ in fresh)  # subscriber ids in a dry run
         return []
     domain = settings.from_address.rsplit("@", 1)[-1]
+    # 128 random bits a Message-ID (uuid4 has 122), drawn for the whole page at once.
+    random_hex = os.urandom(16 * len(fresh)).hex()
     values = [
-        {
-            "subscriber_id": sid,
-            "digest_date": day,
-            "state": DeliveryState.PLANNED.value,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-            "message_id": f"<{uuid.uuid4().hex}.digest@{domain}>",
-        }
-        for sid, _, day in fresh
+        (sid, day, f"<{random_hex[32 * n : 32 * n + 32]}.digest@{domain}>")
+        for n, (sid, _, day) in enumerate(fresh)
     ]
-    new_ids = _insert_ignoring_conflicts(session, values)
+    new_ids = _insert_ignoring_conflicts(session, values, now)
     session.commit()
     if len(new_ids) < len(values):
         # Another planner inserted some of these at the same moment: they are its to send.
