@@ -731,26 +731,41 @@ def _rank_chunk(
             relevance[owners] -= config.disliked_weight * np.maximum(sims, 0.0)
         del sims
 
-    blocked = relevance < config.min_relevance
-    blocked |= excluded_mask(papers, profiles, corpus.term_hits).toarray()
+    # Excluded and already-sent papers are marked in `relevance` itself (-inf, below any
+    # threshold), from their few coordinates: no dense mask per kind.
+    excluded = excluded_mask(papers, profiles, corpus.term_hits).tocoo()
+    relevance[excluded.row, excluded.col] = -np.inf
     for i, profile in enumerate(profiles):
         seen = [corpus.index[pid] for pid in profile.seen if pid in corpus.index]
         if seen:
-            blocked[i, seen] = True
+            relevance[i, seen] = -np.inf
+    blocked = relevance < config.min_relevance
     # Topical credit relative to the profile's best match of the day (floored by the scale), so
-    # recency and trending weigh the same against it for every kind of profile.
-    best = np.where(blocked, 0.0, relevance).max(axis=1, initial=0.0)
+    # recency and trending weigh the same against it for every kind of profile. A row's maximum
+    # is an allowed paper's whenever it reaches the threshold; else nothing is allowed.
+    top_relevance = relevance.max(axis=1, initial=-np.inf)
+    best = np.where(
+        top_relevance >= config.min_relevance, np.maximum(top_relevance, 0.0), 0.0
+    ).astype(relevance.dtype)
     scale = np.maximum(best, config.relevance_scale)[:, None]
-    scores = config.weight_topic * np.maximum(relevance, 0.0) / scale + corpus.prior[None, :]
-    np.copyto(scores, -np.inf, where=blocked)
+    # The scores, negated for the partition below, written in place: these are the chunk's
+    # largest arrays, and each pass over them costs as much as the arithmetic.
+    topical = np.maximum(relevance, 0.0)
+    topical *= config.weight_topic
+    topical /= scale
+    negated = np.add(topical, corpus.prior[None, :])
+    del topical
+    np.negative(negated, out=negated)
+    np.copyto(negated, np.inf, where=blocked)
     allowed = n_papers - np.count_nonzero(blocked, axis=1)
+    del blocked
 
     out: list[list[Pick]] = []
     pool = max(config.top_k * 4, config.top_k + 10)
     # Every profile's best `pool` papers in one partition of the whole matrix.
     k_all = min(pool, n_papers)
     tops = (
-        np.argpartition(-scores, k_all - 1, axis=1)[:, :k_all]
+        np.argpartition(negated, k_all - 1, axis=1)[:, :k_all]
         if k_all < n_papers
         else np.broadcast_to(np.arange(n_papers), (n_profiles, n_papers))
     )
@@ -758,14 +773,13 @@ def _rank_chunk(
         if allowed[i] == 0:
             out.append([])
             continue
-        row = scores[i]
         top = tops[i]
-        values = row[top]
+        values = negated[i][top]  # minus the scores
         finite = np.isfinite(values)
         top, values = top[finite], values[finite]
         # Sort by score, then id, so equal scores give the same order on every run.
-        order = np.lexsort((corpus.id_order[top], -values))
-        ordered = list(zip((-values[order]).tolist(), top[order].tolist(), strict=True))
+        order = np.lexsort((corpus.id_order[top], values))
+        ordered = list(zip(values[order].tolist(), top[order].tolist(), strict=True))
         labels = _labels([j for _, j in ordered], i, first, last, topic_sims, liked_won)
         picks = _select(ordered, labels, corpus.duplicates, config)
         out.append(
@@ -794,7 +808,9 @@ def _labels(
     """What gave profile `i` its relevance to each of these papers: the row of its best topic
     (the first of equals), LIKED for a liked paper's likeness, -1 for nothing."""
     labels = dict.fromkeys(columns, -1)
-    if last[i] > first[i]:
+    if last[i] - first[i] == 1:
+        labels = dict.fromkeys(columns, int(first[i]))
+    elif last[i] > first[i]:
         own = np.stack([topic_sims[r][columns] for r in range(first[i], last[i])])
         best = np.argmax(own, axis=0) + first[i]
         labels = dict(zip(columns, best.tolist(), strict=True))
@@ -881,6 +897,7 @@ def _picks(
     disliked: sparse.csr_matrix | None,
 ) -> list[Pick]:
     columns = [j for j, _ in chosen]
+    relevances = relevance[columns].tolist()
     liked_near = _nearest(liked, corpus, columns)
     disliked_near = _nearest(disliked, corpus, columns)
     out = []
@@ -906,7 +923,7 @@ def _picks(
                 paper_id=paper.id,
                 score=round(float(score), 6),
                 why="; ".join([matched, *extra, *_reasons_of(corpus, j)]),
-                relevance=round(float(relevance[j]), 6),
+                relevance=round(relevances[n], 6),
                 matched=matched,
             )
         )
