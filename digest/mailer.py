@@ -164,7 +164,9 @@ class SMTPConnection:
         """
         if self.limiter is not None:
             self.limiter.acquire()
-        sender, recipient, payload = message.sender, message.recipient, message.data
+        sender, recipient = message.sender, message.recipient
+        # Our renderer writes CRLF line ends (it says so); anything else is made canonical here.
+        payload = message.data if message.canonical else _canonical(message.data)
         for attempt in (1, 2):
             if not self.is_open:
                 self.open()
@@ -221,8 +223,9 @@ def _chunked(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> di
     """One transaction in one round trip (RFC 3030 CHUNKING with RFC 2920 PIPELINING): MAIL,
     RCPT and `BDAT <size> LAST` go out with the message, which needs no dot-stuffing. A server
     that refused the sender or recipient still reads the chunk and answers it with an error,
-    so the connection stays in step. Raises smtplib's exceptions like sendmail does."""
-    body = _canonical(data)
+    so the connection stays in step. `data` has CRLF line ends. Raises smtplib's exceptions
+    like sendmail does."""
+    body = data
     head = f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nBDAT {len(body)} LAST\r\n"
     smtp.send(head.encode("ascii") + body)
     mail_code, mail_reply = smtp.getreply()
@@ -239,7 +242,8 @@ def _chunked(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> di
 
 def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> dict[str, Any]:
     """One transaction in two round trips instead of four (RFC 2920): MAIL, RCPT and DATA
-    go out together, then the message. Raises smtplib's exceptions like sendmail does."""
+    go out together, then the message (`data`, with CRLF line ends). Raises smtplib's
+    exceptions like sendmail does."""
     smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
     mail_code, mail_reply = smtp.getreply()
     rcpt_code, rcpt_reply = smtp.getreply()
@@ -254,7 +258,6 @@ def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> 
         raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_reply)
-    data = _canonical(data)
     body = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
     smtp.send(body + b".\r\n")
     code, reply = smtp.getreply()

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 
@@ -106,6 +107,9 @@ class Mail:
     sender: str
     recipient: str
     data: bytes
+    # True when every line already ends with CRLF (this module's messages): the mailer then
+    # sends the bytes as they are instead of checking them again.
+    canonical: bool = False
 
     def message(self) -> EmailMessage:
         parsed = message_from_bytes(self.data, policy=policy.default)
@@ -153,13 +157,20 @@ def _header(value: str) -> str:
     return value.replace(">, <", ">,\r\n <") if len(value) > 200 else value
 
 
+_CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
+
+
 def _base64_lines(data: bytes) -> bytes:
     """Base64 in lines of 76 characters, each ended by CRLF (RFC 2045): one C call for the
-    whole text and slicing, instead of base64.encodebytes' call per 57 bytes."""
+    whole text, and the line ends put in as a column of a (lines x 78) byte array, instead
+    of base64.encodebytes' call per 57 bytes or a slice per line (a third of the time)."""
     encoded = binascii.b2a_base64(data, newline=False)
-    lines = [encoded[i : i + 76] for i in range(0, len(encoded), 76)]
-    lines.append(b"")
-    return b"\r\n".join(lines)
+    full = len(encoded) // 76 * 76
+    lines = np.empty((full // 76, 78), dtype=np.uint8)
+    lines[:, :76] = np.frombuffer(encoded, dtype=np.uint8, count=full).reshape(-1, 76)
+    lines[:, 76:] = _CRLF
+    tail = encoded[full:]
+    return lines.tobytes() + (tail + b"\r\n" if tail else b"")
 
 
 def _longest_line(data: bytes) -> int:
@@ -221,7 +232,9 @@ def _message(envelope: Envelope, subject: str, text: str, html: str) -> Mail:
             f"--{boundary}--\r\n".encode(),
         ]
     )
-    return Mail(sender=envelope.sender_address, recipient=envelope.recipient, data=data)
+    return Mail(
+        sender=envelope.sender_address, recipient=envelope.recipient, data=data, canonical=True
+    )
 
 
 def render_digest_html(templates_dir: Path, context: DigestContext) -> str:

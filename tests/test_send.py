@@ -298,3 +298,18 @@ def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_sett
         assert first.like_url.endswith(f"/up?paper=2606.{n:05d}")
         del paper, first
         gc.collect()
+
+
+def test_rendered_messages_say_they_are_canonical_and_are(db_settings):
+    from digest.render import Envelope, _message
+
+    envelope = Envelope(
+        sender_name="Digest",
+        sender_address="d@x.test",
+        recipient="r@x.test",
+        message_id="<m2@x.test>",
+        now=NOW,
+    )
+    mail = _message(envelope, "Subject", "one\nbare\r\nmixed\n", "<p>a</p>\n<p>b</p>\r\n")
+    assert mail.canonical
+    assert mail.data.count(b"\n") == mail.data.count(b"\r\n") and mail.data.endswith(b"\r\n")

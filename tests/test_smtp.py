@@ -119,7 +119,7 @@ def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp
     import subprocess
     import sys
 
-    from digest.render import Envelope, _message
+    from digest.render import Envelope, Mail, _message
     from tests.conftest import ROOT, free_port
 
     port = free_port()
@@ -163,15 +163,19 @@ def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp
                     sent.append(message.data)
                 except DeliveryError as exc:
                     errors.append(exc)
+            # A message from elsewhere, with bare LF line ends: made canonical on the way.
+            raw = b"From: d@x.test\nTo: r4@x.test\nMessage-ID: <4@x.test>\n\n.dot\nend\n"
+            connection.send(Mail(sender="d@x.test", recipient="r4@x.test", data=raw))
+            sent.append(raw.replace(b"\n", b"\r\n"))
     finally:
         sink.terminate()
         sink.wait(10)
         sink.stdout.close()
     assert [(e.permanent, e.code) for e in errors] == [(True, 550)]
-    assert [p.read_bytes() for p in sorted(saved.iterdir())] == sent and len(sent) == 3
+    assert [p.read_bytes() for p in sorted(saved.iterdir())] == sent and len(sent) == 4
     assert json.loads(stats.read_text()) == {
-        "messages": 3,
+        "messages": 4,
         "connections": 1,
-        "recipients": 3,
+        "recipients": 4,
         "duplicates": 0,
     }
