@@ -484,3 +484,26 @@ def test_shared_topics_are_computed_once_and_a_tiny_memo_ranks_the_same():
     assert lru.get("a") is not None  # "b" is now the least recently used
     lru.put("c", np.zeros(10, dtype=np.float32))
     assert list(lru.rows) == ["a", "c"] and lru.get("b") is None
+
+
+def test_the_feature_limit_is_kept_and_below_it_the_vocabulary_is_that_of_a_limited_fit():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    from digest.ranking import TopicModel
+
+    texts = [f"alpha{i} beta{i} gamma{i} delta{i % 7} shared words here" for i in range(60)] * 2
+    limited = TopicModel.fit(texts, max_features=40)
+    assert len(limited.vectorizer.vocabulary_) == 40
+    model, rows = TopicModel.fit_transform(texts)
+    reference = TfidfVectorizer(
+        stop_words="english",
+        sublinear_tf=True,
+        ngram_range=(1, 2),
+        max_features=300_000,
+        dtype=np.float32,
+        strip_accents="unicode",
+    )
+    expected = reference.fit_transform(texts)
+    assert model.vectorizer.vocabulary_ == reference.vocabulary_
+    assert abs(rows - normalize(expected)).max() < 1e-6
