@@ -26,71 +26,116 @@ class Stats:
         self.recipients: Counter[str] = Counter()
 
 
-async def handle(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    stats: Stats,
-    refuse: bytes | None,
-    save: Path | None,
-) -> None:
-    stats.connections += 1
-    writer.write(b"220 sink ESMTP\r\n")
-    rcpts: list[str] = []
-    chunks: list[bytes] = []
-    try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            verb = line[:4].upper()
-            if verb in (b"EHLO", b"HELO"):
-                writer.write(
-                    b"250-sink\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-8BITMIME\r\n"
-                    b"250 SIZE 33554432\r\n"
-                )
-            elif verb == b"MAIL":
-                rcpts, chunks = [], []
-                writer.write(b"250 OK\r\n")
-            elif verb == b"RCPT":
-                address = line.split(b":", 1)[1].strip().strip(b"<>").split(b">")[0]
-                if refuse is not None and refuse in address:
-                    writer.write(b"550 5.1.1 no such user\r\n")
+class Session(asyncio.Protocol):
+    """One SMTP connection, parsed straight from the bytes received.
+
+    Replies to pipelined commands go out together, once everything received so far is
+    answered (as Postfix does): one write per batch of commands instead of one per reply, and
+    the client reads them in one go.
+    """
+
+    def __init__(self, stats: Stats, refuse: bytes | None, save: Path | None) -> None:
+        self.stats, self.refuse, self.save = stats, refuse, save
+        self.buffer = bytearray()
+        self.rcpts: list[str] = []
+        self.chunks: list[bytes] = []
+        self.pending = 0  # bytes of a BDAT chunk still to come
+        self.last = False
+        self.in_data = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.stats.connections += 1
+        transport.write(b"220 sink ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        replies: list[bytes] = []
+        while self.transport is not None:
+            if self.pending:
+                if len(self.buffer) < self.pending:
+                    break
+                self.chunks.append(bytes(self.buffer[: self.pending]))
+                del self.buffer[: self.pending]
+                self.pending = 0
+                if self.last:
+                    replies.append(self.accept(b"".join(self.chunks)))
+                    self.rcpts, self.chunks = [], []
                 else:
-                    rcpts.append(address.decode(errors="replace"))
-                    writer.write(b"250 OK\r\n")
-            elif verb == b"DATA" and not rcpts:
-                writer.write(b"554 5.5.1 no valid recipients\r\n")
-            elif verb == b"DATA":
-                writer.write(b"354 go ahead\r\n")
-                await writer.drain()
-                data = await reader.readuntil(b"\r\n.\r\n")
-                if save is not None:  # undo the dot-stuffing
-                    data = b"\r\n".join(
-                        ln[1:] if ln.startswith(b".") else ln for ln in data[:-3].split(b"\r\n")
+                    replies.append(b"250 chunk received\r\n")
+                continue
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    break
+                message = bytes(self.buffer[: end + 2])
+                del self.buffer[: end + 5]
+                self.in_data = False
+                if self.save is not None:  # undo the dot-stuffing
+                    message = b"\r\n".join(
+                        ln[1:] if ln.startswith(b".") else ln for ln in message.split(b"\r\n")
                     )
-                writer.write(accept(stats, rcpts, data, save))
-                rcpts = []
-            elif verb == b"BDAT":
-                # RFC 3030: read exactly the chunk; the last one completes the message.
-                parts = line.split()
-                chunks.append(await reader.readexactly(int(parts[1])))
-                if len(parts) > 2 and parts[2].upper() == b"LAST":
-                    writer.write(accept(stats, rcpts, b"".join(chunks), save))
-                    rcpts, chunks = [], []
-                else:
-                    writer.write(b"250 chunk received\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                await writer.drain()
+                replies.append(self.accept(message))
+                self.rcpts = []
+                continue
+            end = self.buffer.find(b"\n")
+            if end < 0:
                 break
-            else:  # RSET, NOOP, anything else
-                rcpts = []
-                writer.write(b"250 OK\r\n")
-            await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        writer.close()
+            line = bytes(self.buffer[: end + 1])
+            del self.buffer[: end + 1]
+            replies.append(self.command(line))
+        if replies and self.transport is not None:
+            self.transport.write(b"".join(replies))
+
+    def command(self, line: bytes) -> bytes:
+        verb = line[:4].upper()
+        if verb in (b"EHLO", b"HELO"):
+            return (
+                b"250-sink\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-8BITMIME\r\n"
+                b"250 SIZE 33554432\r\n"
+            )
+        if verb == b"MAIL":
+            self.rcpts, self.chunks = [], []
+            return b"250 OK\r\n"
+        if verb == b"RCPT":
+            address = line.split(b":", 1)[1].strip().strip(b"<>").split(b">")[0]
+            if self.refuse is not None and self.refuse in address:
+                return b"550 5.1.1 no such user\r\n"
+            self.rcpts.append(address.decode(errors="replace"))
+            return b"250 OK\r\n"
+        if verb == b"DATA":
+            if not self.rcpts:
+                return b"554 5.5.1 no valid recipients\r\n"
+            self.in_data = True
+            return b"354 go ahead\r\n"
+        if verb == b"BDAT":
+            # RFC 3030: read exactly the chunk; the last one completes the message.
+            parts = line.split()
+            self.pending = int(parts[1])
+            self.last = len(parts) > 2 and parts[2].upper() == b"LAST"
+            # The reply comes once the chunk is in (at once for an empty one).
+            return b"" if self.pending else self.empty_chunk()
+        if verb == b"QUIT":
+            assert self.transport is not None
+            self.transport.write(b"221 bye\r\n")
+            self.transport.close()
+            self.transport = None
+            return b""
+        # RSET, NOOP, anything else
+        self.rcpts = []
+        return b"250 OK\r\n"
+
+    def empty_chunk(self) -> bytes:
+        if self.last:
+            reply = self.accept(b"".join(self.chunks))
+            self.rcpts, self.chunks = [], []
+            return reply
+        return b"250 chunk received\r\n"
+
+    def accept(self, data: bytes) -> bytes:
+        return accept(self.stats, self.rcpts, data, self.save)
 
 
 def accept(stats: Stats, rcpts: list[str], data: bytes, save: Path | None) -> bytes:
@@ -123,9 +168,9 @@ async def serve(
     save: Path | None = None,
 ) -> None:
     stats = Stats()
-    server = await asyncio.start_server(lambda r, w: handle(r, w, stats, refuse, save), host, port)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Session(stats, refuse, save), host, port)
+    stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if live_path:
