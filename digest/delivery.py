@@ -30,6 +30,7 @@ from sqlmodel import Session, col
 
 from digest import ranking, services
 from digest.config import Settings
+from digest.db import one_of
 from digest.mailer import Connection, DeliveryError, Mailer
 from digest.models import (
     Delivery,
@@ -317,7 +318,9 @@ def _plan_page(
                 col(Delivery.id),
                 col(Delivery.state),
                 col(Delivery.retry_at).is_not(None),
-            ).where(col(Delivery.digest_date) == day, col(Delivery.subscriber_id).in_(ids))
+            ).where(
+                col(Delivery.digest_date) == day, one_of(session, col(Delivery.subscriber_id), ids)
+            )
         )
         for sid, delivery_id, state, retryable in found:
             existing[(sid, day)] = (delivery_id, state, retryable)
@@ -517,7 +520,7 @@ def _claim(
         return []
     statement = (
         update(Delivery)
-        .where(col(Delivery.id).in_(list(delivery_ids)))
+        .where(one_of(session, col(Delivery.id), delivery_ids))
         .where(
             or_(
                 col(Delivery.state) == DeliveryState.PLANNED.value,
@@ -690,7 +693,7 @@ def send_deliveries(
         rows = session.execute(
             select(Delivery, Subscriber)
             .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id))
-            .where(col(Delivery.id).in_(claimed))
+            .where(one_of(session, col(Delivery.id), claimed))
             .order_by(col(Delivery.id))
         ).all()
         # Items of an earlier, failed attempt are replaced by this attempt's picks (a first

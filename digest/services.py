@@ -20,6 +20,7 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from digest.config import Settings
+from digest.db import one_of
 from digest.mailer import Mailer
 from digest.models import (
     Delivery,
@@ -503,7 +504,7 @@ def sent_paper_ids(
         col(Delivery.subscriber_id),
         col(Delivery.state),
         col(Delivery.digest_date),
-    ).where(col(Delivery.subscriber_id).in_(list(subscriber_ids)))
+    ).where(one_of(session, col(Delivery.subscriber_id), subscriber_ids))
     since = today - dt.timedelta(days=SEEN_DAYS) if today is not None else None
     counted = (DeliveryState.SENT.value, DeliveryState.SENDING.value)
     # State and date are checked here, not in the query, so that no stale estimate of how rare
@@ -518,7 +519,7 @@ def sent_paper_ids(
         chunk = ids[start : start + 5000]
         rows = session.execute(
             select(col(DeliveryItem.delivery_id), col(DeliveryItem.paper_id)).where(
-                col(DeliveryItem.delivery_id).in_(chunk)
+                one_of(session, col(DeliveryItem.delivery_id), chunk)
             )
         )
         for delivery_id, paper_id in rows:
@@ -537,7 +538,7 @@ def profiles_for(
         statement = (
             select(Feedback, Paper)
             .join(Paper, col(Paper.id) == col(Feedback.paper_id))
-            .where(col(Feedback.subscriber_id).in_(ids))
+            .where(one_of(session, col(Feedback.subscriber_id), ids))
         )
         for feedback, paper in session.exec(statement):
             target = liked if feedback.value > 0 else disliked
