@@ -351,15 +351,23 @@ def run_ours(
         last, stalled_since = -1, time.monotonic()
         first_message = None
         checked = 0.0
+        last_arrived, arrived_at, shown = -1, time.monotonic(), time.monotonic()
         while True:
             arrived = sink_count(sink_live)
             if first_message is None and arrived > 0:
                 # Until here: planning, and preparing the day's corpus (the model fit).
                 first_message = time.perf_counter() - start
             # Counting finished deliveries scans the table: ask the database when every message
-            # arrived, and otherwise once a second (digests skipped for want of a paper never
-            # reach the sink), so that the bench's own queries hardly load the database.
-            if arrived < args.subscribers and time.monotonic() - checked < 1.0:
+            # arrived, and otherwise only when messages stopped arriving for a second (digests
+            # skipped for want of a paper never reach the sink), so that the bench's own queries
+            # hardly load the database while the run goes on.
+            if arrived != last_arrived:
+                last_arrived, arrived_at = arrived, time.monotonic()
+                if arrived_at - shown >= 5.0:
+                    print(f"  ours: {arrived}/{args.subscribers} messages", file=sys.stderr)
+                    shown = arrived_at
+            quiet = time.monotonic() - arrived_at >= 1.0
+            if arrived < args.subscribers and not (quiet and time.monotonic() - checked >= 1.0):
                 time.sleep(0.05)
                 continue
             checked = time.monotonic()
