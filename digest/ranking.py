@@ -12,7 +12,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -119,8 +119,10 @@ class RankingConfig:
     query_memo_mb: float = 64.0
 
 
-@dataclass(frozen=True)
-class Pick:
+class Pick(NamedTuple):
+    """One paper picked for a profile: its score and the one-line reason (a tuple: a day's run
+    makes a million)."""
+
     paper_id: str
     score: float
     why: str
@@ -467,7 +469,7 @@ class PreparedCorpus:
     # Each paper's place in the order of ids: ties in score go by id.
     id_order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # Each picked paper's own part of the reason ("212 upvotes; 1 day old"), made once.
-    paper_reasons: dict[int, list[str]] = field(default_factory=dict)
+    paper_reasons: dict[int, str] = field(default_factory=dict)
     # Similarities of each topic text to the papers, by ranking configuration (a bounded memo).
     query_rows: dict[RankingConfig, QueryMemo] = field(default_factory=dict)
 
@@ -792,8 +794,9 @@ def _rank_chunk(
         top, values = top[finite], values[finite]
         # Sort by score, then id, so equal scores give the same order on every run.
         order = np.lexsort((corpus.id_order[top], values))
-        ordered = list(zip(values[order].tolist(), top[order].tolist(), strict=True))
-        labels = _labels([j for _, j in ordered], i, first, last, topic_sims, liked_won)
+        columns = top[order]
+        ordered = list(zip(values[order].tolist(), columns.tolist(), strict=True))
+        labels = _labels(columns, i, first, last, topic_sims, liked_won)
         picks = _select(ordered, labels, corpus.duplicates, config)
         out.append(
             _picks(
@@ -811,7 +814,7 @@ def _rank_chunk(
 
 
 def _labels(
-    columns: list[int],
+    columns: np.ndarray,
     i: int,
     first: np.ndarray,
     last: np.ndarray,
@@ -820,17 +823,19 @@ def _labels(
 ) -> dict[int, int]:
     """What gave profile `i` its relevance to each of these papers: the row of its best topic
     (the first of equals), LIKED for a liked paper's likeness, -1 for nothing."""
-    labels = dict.fromkeys(columns, -1)
-    if last[i] - first[i] == 1:
-        labels = dict.fromkeys(columns, int(first[i]))
-    elif last[i] > first[i]:
-        own = np.stack([topic_sims[r][columns] for r in range(first[i], last[i])])
-        best = np.argmax(own, axis=0) + first[i]
-        labels = dict(zip(columns, best.tolist(), strict=True))
+    keys = columns.tolist()
+    a, b = int(first[i]), int(last[i])
+    if b - a == 1:
+        labels = dict.fromkeys(keys, a)
+    elif b > a:
+        best = np.argmax([topic_sims[r][columns] for r in range(a, b)], axis=0)
+        labels = dict(zip(keys, (best + a).tolist(), strict=True))
+    else:
+        labels = dict.fromkeys(keys, -1)
     if liked_won is not None:
-        for j in columns:
-            if liked_won[i, j]:
-                labels[j] = LIKED
+        won = liked_won[i, columns]
+        if won.any():
+            labels.update(dict.fromkeys(columns[won].tolist(), LIKED))
     return labels
 
 
@@ -892,10 +897,13 @@ def _nearest(
     return list(zip(best.tolist(), sims[best, np.arange(len(columns))].tolist(), strict=True))
 
 
-def _reasons_of(corpus: PreparedCorpus, j: int) -> list[str]:
+def _reasons_of(corpus: PreparedCorpus, j: int) -> str:
+    """The paper's part of every reason it is picked for ("; 212 upvotes; 1 day old"), made
+    once per corpus."""
     reasons = corpus.paper_reasons.get(j)
     if reasons is None:
-        reasons = corpus.paper_reasons[j] = _paper_reasons(corpus.papers[j], corpus.now)
+        parts = _paper_reasons(corpus.papers[j], corpus.now)
+        reasons = corpus.paper_reasons[j] = "".join(f"; {part}" for part in parts)
     return reasons
 
 
@@ -913,31 +921,31 @@ def _picks(
     relevances = relevance[columns].tolist()
     liked_near = _nearest(liked, corpus, columns)
     disliked_near = _nearest(disliked, corpus, columns)
+    papers = corpus.papers
     out = []
     for n, (j, score) in enumerate(chosen):
-        paper = corpus.papers[j]
         query = labels[j]
-        extra: list[str] = []
-        if query == LIKED and liked_near is not None:
+        if query >= 0:
+            matched = topic_labels[query]
+        elif query == LIKED and liked_near is not None:
             k = liked_near[n][0]
             matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
-        elif query >= 0:
-            matched = topic_labels[query]
         else:
             matched = "topical match"
+        why = matched
         if disliked_near is not None:
             k, sim = disliked_near[n]
             if sim >= 0.2:
-                extra.append(
-                    f"ranked down: near '{_short_title(profile.disliked[k].title)}' you disliked"
+                why += (
+                    f"; ranked down: near '{_short_title(profile.disliked[k].title)}' you disliked"
                 )
         out.append(
             Pick(
-                paper_id=paper.id,
-                score=round(float(score), 6),
-                why="; ".join([matched, *extra, *_reasons_of(corpus, j)]),
-                relevance=round(relevances[n], 6),
-                matched=matched,
+                papers[j].id,
+                round(score, 6),
+                why + _reasons_of(corpus, j),
+                round(relevances[n], 6),
+                matched,
             )
         )
     return out
