@@ -142,9 +142,10 @@ class DeliveryItem(SQLModel, table=True):
     # No foreign keys: checking them locked the delivery and paper rows for each of a digest's
     # ten items (and two workers locking one paper made a multixact), a third of the database's
     # work per message. Items are written only for a delivery just claimed, with papers of the
-    # stored corpus, and a subscriber's deletion removes their items first.
+    # stored corpus, and a subscriber's deletion removes their items first. Nothing looks items
+    # up by paper, so the primary key (delivery, paper) is their only index.
     delivery_id: int = Field(primary_key=True)
-    paper_id: str = Field(primary_key=True, index=True)
+    paper_id: str = Field(primary_key=True)
     rank: int
     score: float
     why: str
