@@ -189,3 +189,36 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
         assert delivery.rank_prepared(again, profile, config=config) == delivery.rank_prepared(
             corpus, profile, config=config
         )
+
+
+def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
+    engine, db_settings
+):
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    with Session(engine) as session:
+        seed(session)
+        cache = delivery.CorpusCache()
+        # A reference cycle alive while the corpus is loaded: frozen with it.
+        node = Node()
+        node.me = node
+        alive = weakref.ref(node)
+        try:
+            corpus, _ = cache.get(
+                session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
+            )
+            assert gc.get_freeze_count() > 0
+            assert not any(o is corpus.papers for o in gc.get_objects())  # nothing to walk
+            del node
+            gc.collect()
+            assert alive() is not None  # frozen: collections leave it alone
+            # The next date's corpus unfreezes first: the cycle is collected at last.
+            later = NOW + dt.timedelta(days=1)
+            cache.get(session=session, settings=db_settings, digest_date=later.date(), now=later)
+            assert alive() is None
+        finally:
+            gc.unfreeze()
