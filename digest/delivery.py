@@ -602,27 +602,47 @@ class SentMarker:
     the SMTP server accepted it: the statement that keeps a killed worker from sending twice,
     run 100,000 times a day.
 
-    On PostgreSQL it is a prepared statement on the driver's cursor (about a tenth of the
-    client CPU of an SQLAlchemy execute); elsewhere the portable Core statement.
+    On PostgreSQL it is a server-side prepared statement run through libpq itself (psycopg's
+    `pgconn`): no query text to convert per call, half the client CPU of a prepared cursor
+    execute and a twentieth of an SQLAlchemy one; elsewhere the portable Core statement.
     """
 
+    _NAME = b"digest_mark_sent"
     _SQL = (
-        f"UPDATE {Delivery.__tablename__} SET state = %s, reason = NULL, updated_at = %s, "
-        "lease_until = NULL, retry_at = NULL, sent_at = %s WHERE id = %s"
-    )
+        f"UPDATE {Delivery.__tablename__} SET state = '{DeliveryState.SENT.value}', reason = NULL, "
+        "updated_at = $1, "
+        "lease_until = NULL, retry_at = NULL, sent_at = $1 WHERE id = $2"
+    ).encode()
 
     def __init__(self, db: DBConnection) -> None:
         self.db = db
-        self.cursor: Any = None
+        self.pgconn: Any = None
         if db.dialect.name == "postgresql":
-            self.cursor = db.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            from psycopg import pq
+
+            self.pgconn = db.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+            result = self.pgconn.prepare(self._NAME, self._SQL)
+            # A pooled connection keeps what it prepared for an earlier batch (42P05).
+            if result.status != pq.ExecStatus.COMMAND_OK and (
+                result.error_field(pq.DiagnosticField.SQLSTATE) != b"42P05"
+            ):
+                self._raise(result)
 
     def __call__(self, delivery_id: int, now: dt.datetime) -> None:
-        if self.cursor is None:
+        if self.pgconn is None:
             _set_state(self.db, delivery_id, DeliveryState.SENT, now)
             return
-        sent = DeliveryState.SENT.value
-        self.cursor.execute(self._SQL, (sent, now, now, delivery_id), prepare=True)
+        result = self.pgconn.exec_prepared(
+            self._NAME, [now.isoformat().encode(), str(delivery_id).encode()]
+        )
+        if result.status != 1:  # pq.ExecStatus.COMMAND_OK
+            self._raise(result)
+
+    @staticmethod
+    def _raise(result: Any) -> None:
+        import psycopg.errors
+
+        raise psycopg.errors.error_from_result(result, encoding="utf-8")
 
 
 def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:

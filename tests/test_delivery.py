@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import pytest
 from sqlmodel import Session, select
 
 from digest import delivery, services
@@ -222,3 +223,37 @@ def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
             assert alive() is None
         finally:
             gc.unfreeze()
+
+
+def test_sent_marks_are_recorded_on_a_reused_connection_and_errors_surface(engine, db_settings):
+    with Session(engine) as session:
+        for i in range(3):
+            services.add_subscriber(
+                session=session, email=f"m{i}@example.com", topics=["diffusion models"], now=NOW
+            )
+        ids = delivery.plan_deliveries(
+            session=session, settings=db_settings, now=NOW, digest_date=NOW.date()
+        ).delivery_ids
+    later = NOW + dt.timedelta(minutes=3)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+        delivery.SentMarker(db)(ids[0], later)
+        # A second marker on the same (pooled) connection finds its statement prepared.
+        delivery.SentMarker(db)(ids[1], later)
+        if db.dialect.name == "postgresql":
+            import psycopg
+
+            marker = delivery.SentMarker(db)
+            db.exec_driver_sql(
+                "ALTER TABLE delivery ADD CONSTRAINT no_sent CHECK (state <> 'sent') NOT VALID"
+            )
+            try:
+                with pytest.raises(psycopg.errors.CheckViolation):
+                    marker(ids[2], later)
+            finally:
+                db.exec_driver_sql("ALTER TABLE delivery DROP CONSTRAINT no_sent")
+    with Session(engine) as session:
+        rows = {d.id: d for d in session.exec(select(Delivery))}
+    assert [(rows[i].state, rows[i].sent_at, rows[i].updated_at) for i in ids[:2]] == [
+        (DeliveryState.SENT, later, later)
+    ] * 2
+    assert rows[ids[2]].state == DeliveryState.PLANNED
