@@ -784,18 +784,23 @@ def _rank_chunk(
         if k_all < n_papers
         else np.broadcast_to(np.arange(n_papers), (n_profiles, n_papers))
     )
+    # Each profile's pool sorted by score, then id (so that equal scores give the same order on
+    # every run), for the whole chunk in one sort; blocked papers (+inf) sort last, and are cut.
+    values = np.take_along_axis(negated, tops, axis=1)  # minus the scores
+    rows = np.repeat(np.arange(n_profiles), tops.shape[1])
+    order = np.lexsort((corpus.id_order[tops].ravel(), values.ravel(), rows))
+    sorted_columns = tops.ravel()[order].reshape(tops.shape)
+    sorted_values = values.ravel()[order].reshape(tops.shape)
+    counts: list[int] = np.isfinite(sorted_values).sum(axis=1).tolist()
+    column_lists: list[list[int]] = sorted_columns.tolist()  # type: ignore[assignment]
+    value_lists: list[list[float]] = sorted_values.tolist()
     for i in range(n_profiles):
         if allowed[i] == 0:
             out.append([])
             continue
-        top = tops[i]
-        values = negated[i][top]  # minus the scores
-        finite = np.isfinite(values)
-        top, values = top[finite], values[finite]
-        # Sort by score, then id, so equal scores give the same order on every run.
-        order = np.lexsort((corpus.id_order[top], values))
-        columns = top[order]
-        ordered = list(zip(values[order].tolist(), columns.tolist(), strict=True))
+        count = counts[i]
+        columns = sorted_columns[i, :count]
+        ordered = list(zip(value_lists[i][:count], column_lists[i][:count], strict=True))
         labels = _labels(columns, i, first, last, topic_sims, liked_won)
         picks = _select(ordered, labels, corpus.duplicates, config)
         out.append(
