@@ -11,6 +11,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -191,9 +192,11 @@ class TopicModel:
         max_features: int = 300_000,
         svd_iterations: int = 4,
         encoder: Encoder | None = None,
+        rows_ready: Callable[[sparse.csr_matrix], None] | None = None,
     ) -> tuple[TopicModel, sparse.csr_matrix]:
         """The fitted model and the TF-IDF rows of `texts` (what `transform` would give),
-        tokenising the texts once instead of twice."""
+        tokenising the texts once instead of twice. `rows_ready` gets the rows as soon as they
+        exist, before the latent space is fitted."""
         given = len(texts)
         texts = list(texts) or ["empty"]
         large = len(texts) >= 1000
@@ -223,6 +226,8 @@ class TopicModel:
             counts = vectorizer.fit_transform(texts)
         matrix = normalize(counts)
         rows = matrix[:given].astype(np.float32)
+        if rows_ready is not None:
+            rows_ready(rows)
         k = min(dimensions, len(texts) // 4, matrix.shape[1] - 1)
         if len(texts) < min_docs or k < 16:
             return cls(vectorizer, encoder=encoder), rows
@@ -508,10 +513,25 @@ def prepare_corpus(
 
     Without a `model`, one is fitted on the candidates themselves.
     """
-    if model is None:
-        model, vectors = TopicModel.fit_transform([p.text for p in papers])
-    else:
-        vectors = model.transform([p.text for p in papers])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Near-duplicates need only the TF-IDF rows: found in a thread while the latent space
+        # is fitted (both spend their time in native code that releases the GIL), which takes
+        # a second and a half off the fit that every worker waits for before its first message.
+        duplicates: Future[dict[int, set[int]]] | None = None
+
+        def find_duplicates(rows: sparse.csr_matrix) -> None:
+            nonlocal duplicates
+            duplicates = pool.submit(near_duplicates, rows, config.duplicate_similarity)
+
+        if model is None:
+            model, vectors = TopicModel.fit_transform(
+                [p.text for p in papers], rows_ready=find_duplicates
+            )
+        else:
+            vectors = model.transform([p.text for p in papers])
+            find_duplicates(vectors)
+        assert duplicates is not None
+        pairs = duplicates.result()
     semantic = model.semantic(vectors)
     neighbours = None
     if semantic is not None and config.field_weight > 0:
@@ -527,7 +547,7 @@ def prepare_corpus(
         prior=config.weight_recency * recency(papers, now, config.half_life_days)
         + config.weight_trending * trending(papers, config.trending_reference),
         index={p.id: i for i, p in enumerate(papers)},
-        duplicates=near_duplicates(vectors, config.duplicate_similarity),
+        duplicates=pairs,
         id_order=np.argsort(np.argsort(np.array([p.id for p in papers], dtype=object))),
         embedded_t=None
         if model.encoder is None
