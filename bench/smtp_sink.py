@@ -55,11 +55,14 @@ class Session(asyncio.Protocol):
         replies: list[bytes] = []
         while self.transport is not None:
             if self.pending:
-                if len(self.buffer) < self.pending:
+                # A chunk's bytes are taken as they come (kept only to be saved).
+                take = min(self.pending, len(self.buffer))
+                if self.save is not None:
+                    self.chunks.append(bytes(self.buffer[:take]))
+                del self.buffer[:take]
+                self.pending -= take
+                if self.pending:
                     break
-                self.chunks.append(bytes(self.buffer[: self.pending]))
-                del self.buffer[: self.pending]
-                self.pending = 0
                 if self.last:
                     replies.append(self.accept(b"".join(self.chunks)))
                     self.rcpts, self.chunks = [], []
