@@ -149,7 +149,7 @@ def _encoded_words(value: str, chunk: int = 45) -> str:
 
 
 def _header(value: str) -> str:
-    if any(ch in value for ch in "\r\n\0"):
+    if "\r" in value or "\n" in value or "\0" in value:
         raise ValueError("line breaks are not allowed in a header")
     if not value.isascii():
         return _encoded_words(value)
