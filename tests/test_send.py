@@ -192,15 +192,9 @@ def test_message_parts_are_standard_base64_in_lines_of_76():
 def test_parts_go_out_as_written_when_7bit_allows_and_in_base64_otherwise():
     import html as htmllib
 
-    from digest.render import Envelope, _message
+    from digest.render import _message
 
-    envelope = Envelope(
-        sender_name="Digest",
-        sender_address="d@x.test",
-        recipient="r@x.test",
-        message_id="<m1@x.test>",
-        now=NOW,
-    )
+    envelope = _envelope("<m1@x.test>")
 
     def parts(text, html):
         message = _message(envelope, "Subject", text, html).message()
@@ -301,16 +295,23 @@ def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_sett
         gc.collect()
 
 
-def test_rendered_messages_say_they_are_canonical_and_are(db_settings):
-    from digest.render import Envelope, _message
+def test_rendered_messages_say_they_are_canonical_and_are():
+    from digest.render import _message
 
-    envelope = Envelope(
+    mail = _message(
+        _envelope("<m2@x.test>"), "Subject", "one\nbare\r\nmixed\n", "<p>a</p>\n<p>b</p>\r\n"
+    )
+    assert mail.canonical
+    assert mail.data.count(b"\n") == mail.data.count(b"\r\n") and mail.data.endswith(b"\r\n")
+
+
+def _envelope(message_id):
+    from digest.render import Envelope
+
+    return Envelope(
         sender_name="Digest",
         sender_address="d@x.test",
         recipient="r@x.test",
-        message_id="<m2@x.test>",
+        message_id=message_id,
         now=NOW,
     )
-    mail = _message(envelope, "Subject", "one\nbare\r\nmixed\n", "<p>a</p>\n<p>b</p>\r\n")
-    assert mail.canonical
-    assert mail.data.count(b"\n") == mail.data.count(b"\r\n") and mail.data.endswith(b"\r\n")
