@@ -340,12 +340,9 @@ def _plan_page(
     if dry_run:
         plan.delivery_ids.extend(sid for sid, _, _ in fresh)  # subscriber ids in a dry run
         return []
-    domain = settings.from_address.rsplit("@", 1)[-1]
-    # 128 random bits a Message-ID (uuid4 has 122), drawn for the whole page at once.
-    random_hex = os.urandom(16 * len(fresh)).hex()
+    message_ids = services.new_message_ids(settings.from_address.rsplit("@", 1)[-1], len(fresh))
     values = [
-        (sid, day, f"<{random_hex[32 * n : 32 * n + 32]}.digest@{domain}>")
-        for n, (sid, _, day) in enumerate(fresh)
+        (sid, day, message_id) for (sid, _, day), message_id in zip(fresh, message_ids, strict=True)
     ]
     new_ids = _insert_ignoring_conflicts(session, values, now)
     session.commit()

@@ -315,3 +315,13 @@ def _envelope(message_id):
         message_id=message_id,
         now=NOW,
     )
+
+
+def test_message_ids_are_unique_and_well_formed():
+    import re
+
+    ids = services.new_message_ids("digest.example", 5000) + [
+        services.new_message_id("digest.example")
+    ]
+    assert len(set(ids)) == len(ids) == 5001
+    assert all(re.fullmatch(r"<[0-9a-f]{32}\.digest@digest\.example>", m) for m in ids)
