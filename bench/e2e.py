@@ -308,7 +308,7 @@ def run_ours(
             "-A",
             "workers",
             "worker",
-            "--loglevel=WARNING",
+            f"--loglevel={args.worker_loglevel}",
             "--pool=prefork",
             f"--concurrency={args.workers}",
             "-Q",
@@ -475,6 +475,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--naive-sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
+    # INFO shows when each batch was received and how long it took (in workers.log).
+    parser.add_argument("--worker-loglevel", default="WARNING")
     args = parser.parse_args()
 
     from digest.config import Settings
@@ -483,6 +485,7 @@ def main() -> None:
         minutes=30
     )
     tmp = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+    print(f"run directory (worker log, sink stats): {tmp}", file=sys.stderr)
     database_url, drop = make_database(args.database, tmp)
     port = free_port()
     sink_live = tmp / "sink.count"
