@@ -254,6 +254,14 @@ def why(app: App, email: str, date_text: str | None) -> None:
         click.echo(line)
 
 
+def _elapsed(delta: dt.timedelta) -> str:
+    minutes = max(0, int(delta.total_seconds() // 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} days"
+
+
 @main.command()
 @click.option("--limit", default=10, show_default=True)
 @pass_app
@@ -263,17 +271,22 @@ def status(app: App, limit: int) -> None:
         runs = services.last_runs(session=session, limit=limit)
     if not runs:
         click.echo("No runs yet.")
+    now = now_utc()
     for run in runs:
         started = run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        state = run.status
+        if state == "running":
+            # A run whose process died never records its end: say for how long it has run.
+            state = f"running for {_elapsed(now - run.started_at)}"
         if run.kind == "ingest" and "requests" in run.summary:
             from digest.ingestion import describe_run
 
             first, *rest = describe_run(run)
-            click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {first}")
+            click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {first}")
             for line in rest:
                 click.echo(f"    {line}")
             continue
-        click.echo(f"#{run.id} {run.kind:6s} {started} {run.status}: {json.dumps(run.summary)}")
+        click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {json.dumps(run.summary)}")
     with app.session() as session:
         counts = delivery.delivery_counts(session=session, days=3)
     for day, states in counts.items():

@@ -13,6 +13,7 @@ import datetime as dt
 import fcntl
 import gc
 import hashlib
+import logging
 import mmap
 import os
 import pickle
@@ -46,6 +47,8 @@ from digest.models import (
 from digest.ranking import Pick, PreparedCorpus, RankPaper, prepare_corpus, rank_prepared
 from digest.render import Envelope, Mail, render_digest
 from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
@@ -124,7 +127,8 @@ class Plan:
     delivery_ids: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     dates: set[dt.date] = field(default_factory=set)
-    # Deliveries that failed temporarily for these dates: retried now by an explicit send.
+    # Deliveries of these dates that failed temporarily or are stuck (a stopped run's): sent
+    # now by an explicit send (the Celery path leaves them to the sweeper).
     retry_ids: list[int] = field(default_factory=list)
 
 
@@ -310,6 +314,10 @@ def _plan_page(
         return []
 
     # Those who already have a delivery for their date get nothing new, and are told why.
+    # Those whose delivery is stuck (see `stuck_deliveries`: planned long ago by a run that
+    # stopped, or sending under an expired lease) or waiting for a retry are sent again by an
+    # explicit send.
+    grace = now - dt.timedelta(seconds=settings.planned_grace_seconds)
     existing: dict[tuple[int, dt.date], tuple[int, str, bool]] = {}
     for day in {day for _, _, day in candidates}:
         ids = [sid for sid, _, d in candidates if d == day]
@@ -318,21 +326,29 @@ def _plan_page(
                 col(Delivery.subscriber_id),
                 col(Delivery.id),
                 col(Delivery.state),
-                col(Delivery.retry_at).is_not(None),
+                col(Delivery.retry_at).is_not(None)
+                | (
+                    (col(Delivery.state) == DeliveryState.SENDING)
+                    & (col(Delivery.lease_until) < now)
+                )
+                | (
+                    (col(Delivery.state) == DeliveryState.PLANNED)
+                    & (col(Delivery.updated_at) <= grace)
+                ),
             ).where(
                 col(Delivery.digest_date) == day, one_of(session, col(Delivery.subscriber_id), ids)
             )
         )
-        for sid, delivery_id, state, retryable in found:
-            existing[(sid, day)] = (delivery_id, state, retryable)
+        for sid, delivery_id, state, again in found:
+            existing[(sid, day)] = (delivery_id, state, again)
     fresh = []
     for sid, address, day in candidates:
         match = existing.get((sid, day))
         if match is None:
             fresh.append((sid, address, day))
             continue
-        delivery_id, state, retryable = match
-        if state == DeliveryState.FAILED and retryable:
+        delivery_id, state, again = match
+        if again and state != DeliveryState.SENT:
             plan.retry_ids.append(delivery_id)
         else:
             plan.skipped.append((address, f"already {state} for {day.isoformat()}"))
@@ -1098,27 +1114,47 @@ def send_due_digests(
     session.add(run)
     session.commit()
     cache = CorpusCache()
-    # An explicit send also tries again, now, what failed temporarily for these dates.
-    for batch in batches(plan.retry_ids + plan.delivery_ids, settings.send_batch_size):
-        summary.merge(
-            send_deliveries(
-                session=session,
-                mailer=mailer,
-                settings=settings,
-                delivery_ids=batch,
-                now=now,
-                cache=cache,
-                progress=progress,
-                sleep=sleep,
-                retry_now=True,
+    try:
+        # An explicit send also tries again, now, what failed temporarily for these dates.
+        for batch in batches(plan.retry_ids + plan.delivery_ids, settings.send_batch_size):
+            summary.merge(
+                send_deliveries(
+                    session=session,
+                    mailer=mailer,
+                    settings=settings,
+                    delivery_ids=batch,
+                    now=now,
+                    cache=cache,
+                    progress=progress,
+                    sleep=sleep,
+                    retry_now=True,
+                )
             )
-        )
+    except BaseException as error:
+        # Stopped (Ctrl-C) or broken part-way: the run says so, with what was done until then,
+        # instead of staying "running" for ever. What was sent stays recorded as sent.
+        _record_stopped_run(session, run, summary, error, now)
+        raise
     run.finished_at = now
     run.status = "ok" if not summary.failed else "partial"
     run.summary = summary.as_dict()
     session.add(run)
     session.commit()
     return summary
+
+
+def _record_stopped_run(
+    session: Session, run: Run, summary: SendSummary, error: BaseException, now: dt.datetime
+) -> None:
+    try:
+        session.rollback()
+        run.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        run.finished_at = now
+        run.summary = {**summary.as_dict(), "error": f"{type(error).__name__}: {error}"}
+        session.add(run)
+        session.commit()
+    except Exception:  # the store itself is gone: the original error is what matters
+        log.exception("could not record the end of send run %s", run.id)
 
 
 def _dry_run(

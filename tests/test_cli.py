@@ -115,3 +115,25 @@ def test_bad_arguments_get_a_clear_error(tmp_path, args):
     result = run(args, cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "Error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_says_how_long_an_unfinished_run_has_been_running(tmp_path):
+    """A run whose process died never records its end; status shows its age, not just
+    "running", so that an operator sees it is stale."""
+    from sqlmodel import Session
+
+    from digest.db import create_schema, make_engine
+    from digest.models import Run
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'digest.db'}")
+    create_schema(engine)
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3, minutes=7)
+    with Session(engine) as session:
+        session.add(Run(kind="send", started_at=started))
+        session.add(Run(kind="send", started_at=started, finished_at=started, status="ok"))
+        session.commit()
+    engine.dispose()
+    status = run(["status"], cwd=tmp_path).stdout
+    assert " send   " in status
+    assert "running for 3 h 07 min" in status or "running for 3 h 08 min" in status
+    assert status.count("running") == 1 and " ok: " in status

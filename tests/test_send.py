@@ -325,3 +325,79 @@ def test_message_ids_are_unique_and_well_formed():
     ]
     assert len(set(ids)) == len(ids) == 5001
     assert all(re.fullmatch(r"<[0-9a-f]{32}\.digest@digest\.example>", m) for m in ids)
+
+
+def test_a_send_stopped_part_way_is_recorded_as_interrupted_and_keeps_what_was_sent(
+    engine, db_settings
+):
+    """Ctrl-C during `digest send`: the run does not stay "running" for ever; it says it was
+    interrupted, with what was sent until then, and a later run sends the rest, once."""
+    from contextlib import contextmanager
+
+    from digest.mailer import FileConnection
+    from digest.models import Run
+
+    class StopsAtSecond(FileMailer):
+        sent = 0
+
+        @contextmanager
+        def connect(self):
+            conn = FileConnection(self.directory)
+            inner = conn.send
+
+            def send(message):
+                if StopsAtSecond.sent == 1:
+                    raise KeyboardInterrupt
+                inner(message)
+                StopsAtSecond.sent += 1
+
+            conn.send = send
+            yield conn
+
+    settings = db_settings.model_copy(update={"send_batch_size": 1})
+    with Session(engine) as session:
+        seed(session)
+        for email in ("a@example.com", "b@example.com"):
+            services.add_subscriber(
+                session=session, email=email, topics=["diffusion models"], now=NOW
+            )
+        try:
+            delivery.send_due_digests(
+                session=session,
+                mailer=StopsAtSecond(settings.outbox_dir),
+                settings=settings,
+                now=NOW,
+                digest_date=DAY,
+            )
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the interrupt was swallowed")
+        (run,) = session.exec(select(Run).where(Run.kind == "send")).all()
+        assert run.status == "interrupted" and run.finished_at is not None
+        assert run.summary["sent"] == 1 and "KeyboardInterrupt" in run.summary["error"]
+        assert len(outbox_messages(settings)) == 1
+
+        # The digest being sent when the run stopped is left to its lease (the message may
+        # have reached the server): a run within it does not send it again ...
+        again = delivery.send_due_digests(
+            session=session,
+            mailer=FileMailer(settings.outbox_dir),
+            settings=settings,
+            now=NOW,
+            digest_date=DAY,
+        )
+        assert again.sent == []
+        assert ("b@example.com", f"already sending for {DAY.isoformat()}") in again.skipped
+        # ... and a run after it sends it, once.
+        rest = delivery.send_due_digests(
+            session=session,
+            mailer=FileMailer(settings.outbox_dir),
+            settings=settings,
+            now=NOW + dt.timedelta(seconds=settings.lease_seconds + 1),
+            digest_date=DAY,
+        )
+    assert rest.sent == [("b@example.com", 10)], rest
+    assert len(outbox_messages(settings)) == 2
+    recipients = sorted(str(m["To"]) for m in outbox_messages(settings))
+    assert recipients == ["a@example.com", "b@example.com"]
