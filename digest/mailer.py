@@ -165,6 +165,13 @@ class SMTPConnection:
         if self.limiter is not None:
             self.limiter.acquire()
         sender, recipient = message.sender, message.recipient
+        if not (sender.isascii() and recipient.isascii()):
+            # An address stored before addresses were checked for this: never sendable here.
+            raise DeliveryError(
+                f"{recipient}: an address with non-ASCII characters needs SMTPUTF8, "
+                "which digest does not send",
+                permanent=True,
+            )
         # Our renderer writes CRLF line ends (it says so); anything else is made canonical here.
         payload = message.data if message.canonical else _canonical(message.data)
         for attempt in (1, 2):
@@ -172,9 +179,9 @@ class SMTPConnection:
                 self.open()
             assert self._smtp is not None
             try:
-                if self._chunking and sender.isascii() and recipient.isascii():
+                if self._chunking:
                     refused = _chunked(self._smtp, sender, recipient, payload)
-                elif self._pipelining and sender.isascii() and recipient.isascii():
+                elif self._pipelining:
                     refused = _pipelined(self._smtp, sender, recipient, payload)
                 else:
                     refused = self._smtp.sendmail(sender, [recipient], payload)

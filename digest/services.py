@@ -235,10 +235,13 @@ def normalize_email(raw: str) -> str:
     if any(ch in raw for ch in "\r\n\0"):
         raise UserError("An email address cannot contain line breaks.")
     try:
-        result = validate_email(raw.strip(), check_deliverability=False)
+        # Digests go out over plain SMTP: a non-ASCII local part would need SMTPUTF8 end to
+        # end, so it is refused here, with the reason; an internationalised domain is kept in
+        # its ASCII (IDNA) form, which every server takes.
+        result = validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise UserError(f"That email address is not valid: {exc}") from exc
-    return result.normalized.lower()
+    return (result.ascii_email or result.normalized).lower()
 
 
 def clean_terms(raw: Iterable[str], what: str = "topic") -> list[str]:

@@ -179,3 +179,38 @@ def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp
         "recipients": 4,
         "duplicates": 0,
     }
+
+
+def test_addresses_are_stored_in_the_form_plain_smtp_can_send():
+    """Internationalised domains in their ASCII (IDNA) form; a non-ASCII local part, which
+    would need SMTPUTF8 end to end, refused with the reason."""
+    assert services.normalize_email(" Ana@Exämple.COM ") == "ana@xn--exmple-cua.com"
+    with pytest.raises(services.UserError, match="Internationalized characters before the @"):
+        services.normalize_email("jürgen@example.com")
+
+
+@pytest.mark.parametrize("pipelining", ["never", "always"])
+def test_a_non_ascii_address_fails_permanently_and_the_connection_goes_on(smtp_server, pipelining):
+    """An address stored before addresses were checked for SMTPUTF8 fails clearly, without
+    breaking the batch (it used to raise UnicodeEncodeError mid-connection)."""
+    from digest.render import Envelope, _message
+
+    def mail(recipient):
+        envelope = Envelope(
+            sender_name="Digest",
+            sender_address="digest@example.com",
+            recipient=recipient,
+            now=NOW,
+            message_id=f"<{len(recipient)}@example.com>",
+        )
+        return _message(envelope, "Papers", "text", "<p>html</p>")
+
+    mailer = SMTPMailer(
+        SMTPConfig(host=smtp_server.host, port=smtp_server.port, pipelining=pipelining)
+    )
+    with mailer.connect() as connection:
+        with pytest.raises(DeliveryError, match="needs SMTPUTF8") as failure:
+            connection.send(mail("jürgen@example.com"))
+        assert failure.value.permanent
+        connection.send(mail("ok@example.com"))
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["ok@example.com"]]

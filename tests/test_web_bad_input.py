@@ -176,6 +176,7 @@ SUBSCRIBE_BAD_INPUT = [
     ({"email": "not-an-address"}, "That email address is not valid"),
     ({"email": ""}, "That email address is not valid"),
     ({"email": "a" * 300 + "@example.com"}, "That email address is not valid"),
+    ({"email": "jürgen@example.com"}, "Internationalized characters before the @-sign"),
     ({"email": "new@example.com\r\nBcc: victim@example.com"}, "cannot contain line breaks"),
     ({"email": "new@example.com\nBcc: victim@example.com"}, "cannot contain line breaks"),
     ({"email": "active@example.com\r\nBcc: victim@example.com"}, "cannot contain line breaks"),
