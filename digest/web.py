@@ -345,9 +345,9 @@ def create_app(
             unsubscribe_url=unsubscribe_url,
         )
 
-    @app.get("/feedback/<token>")
-    @app.get("/feedback/<token>/<vote>")
-    def feedback(token: str, vote: str | None = None) -> tuple[str, int]:
+    @app.route("/feedback/<token>", methods=["GET", "POST"])
+    @app.route("/feedback/<token>/<vote>", methods=["GET", "POST"])
+    def feedback(token: str, vote: str | None = None) -> tuple[str, int] | str:
         try:
             subscriber, payload = subscriber_from(Purpose.FEEDBACK, token)
         except InvalidToken as exc:
@@ -355,22 +355,26 @@ def create_app(
         # Links name the paper in the query (one token per digest); links sent before that
         # carry it, and sometimes the vote, in the token.
         paper_id = payload["p"] if "p" in payload else request.args.get("paper")
+        if request.method == "POST":
+            vote = request.form.get("vote", vote)
         value = {"up": 1, "down": -1}.get(vote or "", payload.get("v"))
-        assert subscriber.id is not None
-        if (
-            not isinstance(paper_id, str)
-            or value not in (1, -1)
-            or not services.record_feedback(
-                session=session(),
-                subscriber_id=subscriber.id,
-                paper_id=paper_id,
-                value=int(value),
-                now=clock(),
-            )
-        ):
+        paper = session().get(Paper, paper_id) if isinstance(paper_id, str) else None
+        if paper is None or value not in (1, -1):
             return page(
                 "Link not valid", "This paper is no longer known.", status=404, kind="error"
             )
+        if request.method == "GET":
+            # A GET never votes: link scanners and prefetchers open every link of an email,
+            # 👍 and 👎 alike, and would fill the profile with votes nobody cast.
+            return render_template("web/feedback.html", title=paper.title, vote=value)
+        assert subscriber.id is not None
+        services.record_feedback(
+            session=session(),
+            subscriber_id=subscriber.id,
+            paper_id=paper.id,
+            value=int(value),
+            now=clock(),
+        )
         text = (
             "Thanks: you will see more papers like this one."
             if value == 1

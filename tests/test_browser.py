@@ -218,6 +218,12 @@ def test_subscribe_confirm_preferences_feedback_and_unsubscribe_in_a_browser(bro
         first_title = page.locator("h2").first.inner_text()
         page.locator("a", has_text="👍").first.click()
         page.wait_for_url(re.compile(r".*/feedback/.*"))
+        # Opening the link votes nothing (link scanners open them all); the button does.
+        assert page.locator("h1").inner_text() == "Rate a paper"
+        assert first_title in page.content()
+        with Session(live.engine) as session:
+            assert session.exec(select(Feedback)).all() == []
+        page.click("text=More papers like this")
         assert page.locator("h1").inner_text() == "Thank you"
         with Session(live.engine) as session:
             (vote,) = session.exec(select(Feedback)).all()

@@ -163,6 +163,16 @@ def test_forged_or_altered_unsubscribe_token_is_refused_with_a_clear_page(
     assert subscribers(engine)["a@example.com"].status == SubscriberStatus.ACTIVE
 
 
+def cast_vote(client, url):
+    """Open a feedback link and press the page's highlighted button, as a reader does."""
+    page = client.get(url)
+    assert page.status_code == 200, page.get_data(as_text=True)
+    body = page.get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', body).group(1)
+    first = re.search(r'name="vote" value="(up|down)"', body).group(1)
+    return client.post(url, data={"csrf_token": csrf, "vote": first})
+
+
 def test_feedback_link_records_a_vote_and_thanks(web, engine, active, db_settings):
     # One token per digest says who votes; each link names its paper.
     token = make_token(db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id})
@@ -170,9 +180,9 @@ def test_feedback_link_records_a_vote_and_thanks(web, engine, active, db_setting
     assert client.get(f"/feedback/{token}/sideways?paper=2606.00001").status_code == 404
     assert client.get(f"/feedback/{token}/up").status_code == 404  # no paper named
     assert client.get(f"/feedback/{token}/up?paper=9999.99999").status_code == 404
-    r = client.get(f"/feedback/{token}/down?paper=2606.00001")
+    r = cast_vote(client, f"/feedback/{token}/down?paper=2606.00001")
     assert r.status_code == 200 and "fewer papers like this" in r.get_data(as_text=True)
-    r = client.get(f"/feedback/{token}/up?paper=2606.00002")
+    r = cast_vote(client, f"/feedback/{token}/up?paper=2606.00002")
     assert r.status_code == 200 and "more papers like this" in r.get_data(as_text=True)
     with Session(engine) as session:
         votes = session.exec(select(Feedback).order_by(col(Feedback.paper_id))).all()
@@ -188,7 +198,7 @@ def test_feedback_links_of_older_emails_still_work(web, engine, active, db_setti
     token = make_token(
         db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id, "p": "2606.00001"}
     )
-    r = web.test_client().get(f"/feedback/{token}/down?paper=2606.00002")
+    r = cast_vote(web.test_client(), f"/feedback/{token}/down?paper=2606.00002")
     assert r.status_code == 200 and "fewer papers like this" in r.get_data(as_text=True)
     with Session(engine) as session:
         (vote,) = session.exec(select(Feedback)).all()
@@ -244,8 +254,34 @@ def test_the_votes_links_of_a_rendered_digest_record_their_own_paper(
     client = web.test_client()
     base = db_settings.base_url
     first, second = context.entries
-    assert client.get(first.like_url.removeprefix(base)).status_code == 200
-    assert client.get(second.dislike_url.removeprefix(base)).status_code == 200
+    assert cast_vote(client, first.like_url.removeprefix(base)).status_code == 200
+    assert cast_vote(client, second.dislike_url.removeprefix(base)).status_code == 200
     with Session(engine) as session:
         votes = session.exec(select(Feedback).order_by(col(Feedback.paper_id))).all()
     assert [(v.paper_id, v.value) for v in votes] == [("2606.00001", 1), ("2606.00002", -1)]
+
+
+def test_opening_feedback_links_casts_no_vote(web, engine, active, db_settings):
+    """Link scanners open every link of an email, 👍 and 👎 alike: opening one shows the
+    paper and a button, and only the button votes."""
+    token = make_token(db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id})
+    client = web.test_client()
+    for direction in ("up", "down"):
+        r = client.get(f"/feedback/{token}/{direction}?paper=2606.00001")
+        assert r.status_code == 200 and "Rate a paper" in r.get_data(as_text=True)
+    with Session(engine) as session:
+        assert session.exec(select(Feedback)).all() == []
+    # The other button of the page counts too: 👍 in the email, 👎 pressed.
+    page = client.get(f"/feedback/{token}/up?paper=2606.00001").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    r = client.post(
+        f"/feedback/{token}/up?paper=2606.00001", data={"csrf_token": csrf, "vote": "down"}
+    )
+    assert "fewer papers like this" in r.get_data(as_text=True)
+    # Without the form's CSRF token a POST votes nothing.
+    fresh = web.test_client()
+    r = fresh.post(f"/feedback/{token}/up?paper=2606.00002", data={"vote": "up"})
+    assert r.status_code == 400
+    with Session(engine) as session:
+        votes = session.exec(select(Feedback)).all()
+    assert [(v.paper_id, v.value) for v in votes] == [("2606.00001", -1)]

@@ -59,7 +59,7 @@ LINKS = {
     "confirm": (Purpose.CONFIRM, "/confirm/", ("GET", "POST"), "pending"),
     "unsubscribe": (Purpose.UNSUBSCRIBE, "/unsubscribe/", ("GET", "POST"), "active"),
     "preferences": (Purpose.PREFERENCES, "/preferences/", ("GET", "POST"), "active"),
-    "feedback": (Purpose.FEEDBACK, "/feedback/", ("GET",), "active"),
+    "feedback": (Purpose.FEEDBACK, "/feedback/", ("GET", "POST"), "active"),
     "view": (Purpose.VIEW, "/digest/", ("GET",), "active"),
 }
 
