@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 DAY = 86400.0
@@ -201,29 +201,30 @@ class TopicModel:
         texts = list(texts) or ["empty"]
         large = len(texts) >= 1000
 
-        def vectorizer_for(limit: int | None) -> TfidfVectorizer:
-            return TfidfVectorizer(
-                stop_words="english",
-                sublinear_tf=True,
-                ngram_range=(1, 2),
-                # On a real corpus, drop one-off terms and near-stopwords: smaller and sharper.
-                min_df=2 if large else 1,
-                max_df=0.5 if large else 1.0,
-                max_features=limit,
-                dtype=np.float32,
-                strip_accents="unicode",
-            )
-
-        # With a `max_features` limit, scikit-learn sorts every term it met (each bigram of the
-        # corpus, a million for the day's candidates) before dropping the rare ones; without,
-        # it drops them first. Same vocabulary and matrix whenever the limit is not reached:
-        # the day's candidates (a few thousand papers) are fitted without it, 8.5 -> 5 s for
-        # the day's model; a corpus that reaches it after all is fitted again with it.
-        vectorizer = vectorizer_for(None if len(texts) <= 10_000 else max_features)
-        counts = vectorizer.fit_transform(texts)
-        if len(vectorizer.vocabulary_) > max_features and vectorizer.max_features is None:
-            vectorizer = vectorizer_for(max_features)
-            counts = vectorizer.fit_transform(texts)
+        params: dict[str, Any] = dict(
+            stop_words="english",
+            ngram_range=(1, 2),
+            # On a real corpus, drop one-off terms and near-stopwords: smaller and sharper.
+            min_df=2 if large else 1,
+            max_df=0.5 if large else 1.0,
+            dtype=np.float32,
+            strip_accents="unicode",
+        )
+        # scikit-learn with a `max_features` limit sorts every term it met (each bigram of the
+        # corpus: millions for a few months of papers) before dropping the rare ones. Counted
+        # without the limit, the rare ones go first, and the limit is applied here as
+        # scikit-learn does (the most frequent terms over the same array, ties alike): the same
+        # vocabulary and matrix (tested), 5 s less on a 25,000-paper corpus.
+        counter = CountVectorizer(**params)
+        counts = counter.fit_transform(texts)
+        vocabulary = counter.vocabulary_
+        if len(vocabulary) > max_features:
+            counts, vocabulary = _most_frequent(counts, vocabulary, max_features)
+        weighting = TfidfTransformer(sublinear_tf=True)
+        counts = weighting.fit(counts).transform(counts, copy=False)
+        vectorizer = TfidfVectorizer(**params, sublinear_tf=True, max_features=max_features)
+        vectorizer.vocabulary_ = vocabulary
+        vectorizer.idf_ = weighting.idf_
         matrix = normalize(counts)
         rows = matrix[:given].astype(np.float32)
         if rows_ready is not None:
@@ -313,6 +314,17 @@ class TopicModel:
             (weights.ravel(), (np.repeat(np.arange(len(vectors)), index.shape[1]), index.ravel())),
             shape=(len(vectors), self.documents.shape[0]),
         )
+
+
+def _most_frequent(
+    counts: sparse.csr_matrix, vocabulary: dict[str, int], limit: int
+) -> tuple[sparse.csr_matrix, dict[str, int]]:
+    """The `limit` most frequent terms, as scikit-learn's `max_features` keeps them: by total
+    count, over the alphabetically sorted terms, with its (unstable) argsort's tie order."""
+    totals = np.asarray(counts.sum(axis=0)).ravel()
+    keep = np.sort((-totals).argsort()[:limit])
+    terms = sorted(vocabulary, key=vocabulary.__getitem__)
+    return counts[:, keep].tocsr(), {terms[i]: n for n, i in enumerate(keep)}
 
 
 def truncated_svd(

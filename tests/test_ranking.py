@@ -1,6 +1,7 @@
 import datetime as dt
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -507,3 +508,36 @@ def test_the_feature_limit_is_kept_and_below_it_the_vocabulary_is_that_of_a_limi
     expected = reference.fit_transform(texts)
     assert model.vectorizer.vocabulary_ == reference.vocabulary_
     assert abs(rows - normalize(expected)).max() < 1e-6
+
+
+@pytest.mark.parametrize("limit", [150, 1000, 300_000])
+def test_the_feature_limit_keeps_the_terms_scikit_learn_keeps(limit):
+    """The limit is applied after the rare terms are dropped (not on every term met, as
+    scikit-learn does): the same vocabulary, ties included, and the same rows and transform."""
+    import random
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    from digest.ranking import TopicModel
+
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(400)]  # equal chances: many terms tie on their counts
+    texts = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(1200)]
+    model, rows = TopicModel.fit_transform(texts, max_features=limit, min_docs=10**9)
+    reference = TfidfVectorizer(
+        stop_words="english",
+        sublinear_tf=True,
+        ngram_range=(1, 2),
+        min_df=2,
+        max_df=0.5,
+        max_features=limit,
+        dtype=np.float32,
+        strip_accents="unicode",
+    )
+    expected = reference.fit_transform(texts)
+    assert len(reference.vocabulary_) == min(limit, len(reference.vocabulary_))
+    assert model.vectorizer.vocabulary_ == reference.vocabulary_
+    assert abs(rows - normalize(expected)).max() < 1e-6
+    new = [*texts[:5], "w1 w2 and words never seen"]
+    assert abs(model.transform(new) - normalize(reference.transform(new))).max() < 1e-6
