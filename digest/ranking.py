@@ -489,6 +489,50 @@ class PreparedCorpus:
     paper_reasons: dict[int, str] = field(default_factory=dict)
     # Similarities of each topic text to the papers, by ranking configuration (a bounded memo).
     query_rows: dict[RankingConfig, QueryMemo] = field(default_factory=dict)
+    # TF-IDF rows of liked and disliked papers by text: a paper many subscribers liked is
+    # tokenised once (a bounded memo).
+    feedback_rows: TextRows = field(default_factory=lambda: TextRows(FEEDBACK_MEMO_ROWS))
+
+
+FEEDBACK_MEMO_ROWS = 20_000  # about 25 MB of abstracts
+
+
+class TextRows:
+    """TF-IDF rows by text (as index and value arrays), at most `capacity` of them; the least
+    recently used go first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.rows: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def matrix(self, model: TopicModel, texts: Sequence[str]) -> sparse.csr_matrix:
+        """`model.transform(texts)`, each distinct text not seen before transformed once."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.rows]
+        if missing:
+            new = model.transform(missing)
+            for k, text in enumerate(missing):
+                start, end = new.indptr[k], new.indptr[k + 1]
+                self.rows[text] = (new.indices[start:end].copy(), new.data[start:end].copy())
+        parts = []
+        for text in texts:
+            parts.append(self.rows[text])
+            self.rows.move_to_end(text)
+        while len(self.rows) > self.capacity:
+            self.rows.popitem(last=False)
+        lengths = [len(indices) for indices, _ in parts]
+        indptr = np.zeros(len(parts) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=indptr[1:])
+        width = len(model.vectorizer.vocabulary_)
+        if not parts:
+            return sparse.csr_matrix((0, width), dtype=np.float32)
+        return sparse.csr_matrix(
+            (
+                np.concatenate([data for _, data in parts]),
+                np.concatenate([indices for indices, _ in parts]),
+                indptr,
+            ),
+            shape=(len(parts), width),
+        )
 
 
 class QueryMemo:
@@ -651,12 +695,16 @@ def _similarities(
 
 
 def _centroids(
-    model: TopicModel, groups: Sequence[Sequence[RankPaper]], *, embed: bool
+    model: TopicModel,
+    groups: Sequence[Sequence[RankPaper]],
+    *,
+    embed: bool,
+    memo: TextRows | None = None,
 ) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
     """One unit centroid per group of papers, each group's own paper vectors, and (with
     `embed`, when the model has an encoder) the centroids' sentence embeddings."""
     flat = [p.text for g in groups for p in g]
-    vectors = model.transform(flat)
+    vectors = model.transform(flat) if memo is None else memo.matrix(model, flat)
     rows, cols, vals, members, start = [], [], [], [], 0
     for g_index, group in enumerate(groups):
         for k in range(len(group)):
@@ -755,6 +803,7 @@ def _rank_chunk(
             model,
             [getattr(profiles[i], kind) for i in owners_list],
             embed=config.feedback_embedding_weight > 0,
+            memo=corpus.feedback_rows if model is corpus.model else None,
         )
         sims = _similarities(
             model,
@@ -929,9 +978,41 @@ def _nearest(
     how similar: one sparse product for all of a digest's picks."""
     if members is None or not columns:
         return None
-    sims = (members @ corpus.vectors[columns].T).toarray()
+    sims = _row_dots(members, corpus.vectors, columns)
     best = sims.argmax(axis=0)
     return list(zip(best.tolist(), sims[best, np.arange(len(columns))].tolist(), strict=True))
+
+
+def _row_dots(left: sparse.csr_matrix, right: sparse.csr_matrix, rows: list[int]) -> np.ndarray:
+    """(left rows x `rows`): dot products of a few sparse rows with a few rows of `right`.
+
+    The same numbers as `(left @ right[rows].T).toarray()`, summed in float64, without scipy's
+    product machinery, whose set-up (a transpose, arrays as long as the vocabulary) cost
+    several times the arithmetic for a digest's ten picks: the right rows' terms are looked up
+    among the left rows' few hundred (a sorted search), against a small dense copy of these.
+    """
+    n_left = left.shape[0]
+    if not left.nnz or not rows:
+        return np.zeros((n_left, len(rows)))
+    if not left.has_canonical_format:
+        left = left.copy()
+        left.sum_duplicates()
+    union, place = np.unique(left.indices, return_inverse=True)
+    dense = np.zeros((n_left, len(union)))
+    dense[np.repeat(np.arange(n_left), np.diff(left.indptr)), place] = left.data
+    starts = right.indptr[rows]
+    lengths = right.indptr[np.asarray(rows) + 1] - starts
+    # The right rows' entries, one after the other, and which of `rows` each belongs to.
+    take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    terms = right.indices[take]
+    at = np.minimum(np.searchsorted(union, terms), len(union) - 1)
+    shared = union[at] == terms
+    products = dense[:, at[shared]] * right.data[take[shared]]
+    owner = np.repeat(np.arange(len(rows)), lengths)[shared]
+    cells = (np.arange(n_left)[:, None] * len(rows) + owner).ravel()
+    return np.bincount(cells, weights=products.ravel(), minlength=n_left * len(rows)).reshape(
+        n_left, len(rows)
+    )
 
 
 def _reasons_of(corpus: PreparedCorpus, j: int) -> str:

@@ -541,3 +541,54 @@ def test_the_feature_limit_keeps_the_terms_scikit_learn_keeps(limit):
     assert abs(rows - normalize(expected)).max() < 1e-6
     new = [*texts[:5], "w1 w2 and words never seen"]
     assert abs(model.transform(new) - normalize(reference.transform(new))).max() < 1e-6
+
+
+def test_row_dots_are_the_sparse_product_of_the_rows():
+    from scipy import sparse
+
+    from digest.ranking import _row_dots
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        width = int(rng.integers(5, 300))
+        left = sparse.random(
+            int(rng.integers(1, 6)),
+            width,
+            density=rng.uniform(0.0, 0.5),
+            format="csr",
+            dtype=np.float32,
+            random_state=int(rng.integers(1e9)),
+        )
+        right = sparse.random(
+            int(rng.integers(1, 30)),
+            width,
+            density=rng.uniform(0.0, 0.5),
+            format="csr",
+            dtype=np.float32,
+            random_state=int(rng.integers(1e9)),
+        )
+        rows = rng.integers(0, right.shape[0], size=int(rng.integers(1, 12))).tolist()
+        expected = (left @ right[rows].T).toarray()
+        got = _row_dots(left, right, rows)
+        assert got.shape == expected.shape
+        assert np.allclose(got, expected, atol=1e-6)
+
+
+def test_feedback_papers_are_tokenised_once_per_corpus_and_the_memo_is_bounded(monkeypatch):
+    from digest.ranking import TextRows, TopicModel
+
+    texts = [f"paper {i} about robots and {i} walking legs" for i in range(40)]
+    model = TopicModel.fit(texts)
+    calls: list[list[str]] = []
+    transform = model.transform
+    monkeypatch.setattr(model, "transform", lambda t: calls.append(list(t)) or transform(t))
+    memo = TextRows(capacity=3)
+    asked = [texts[0], texts[1], texts[0], texts[2]]
+    got = memo.matrix(model, asked)
+    assert calls == [[texts[0], texts[1], texts[2]]]  # each distinct text once
+    assert abs(got - transform(asked)).max() == 0
+    memo.matrix(model, [texts[2], texts[1]])
+    assert len(calls) == 1  # all remembered
+    memo.matrix(model, [texts[3]])  # the least recently used (texts[0]) goes
+    assert list(memo.rows) == [texts[2], texts[1], texts[3]]
+    assert memo.matrix(model, []).shape == (0, len(model.vectorizer.vocabulary_))
