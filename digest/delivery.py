@@ -348,7 +348,7 @@ def _plan_page(
             fresh.append((sid, address, day))
             continue
         delivery_id, state, again = match
-        if again and state != DeliveryState.SENT:
+        if again:
             plan.retry_ids.append(delivery_id)
         else:
             plan.skipped.append((address, f"already {state} for {day.isoformat()}"))

@@ -519,12 +519,11 @@ class TextRows:
             self.rows.move_to_end(text)
         while len(self.rows) > self.capacity:
             self.rows.popitem(last=False)
-        lengths = [len(indices) for indices, _ in parts]
-        indptr = np.zeros(len(parts) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=indptr[1:])
         width = len(model.vectorizer.vocabulary_)
         if not parts:
             return sparse.csr_matrix((0, width), dtype=np.float32)
+        indptr = np.zeros(len(parts) + 1, dtype=np.int32)
+        np.cumsum([len(indices) for indices, _ in parts], out=indptr[1:])
         return sparse.csr_matrix(
             (
                 np.concatenate([data for _, data in parts]),

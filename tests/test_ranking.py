@@ -549,24 +549,21 @@ def test_row_dots_are_the_sparse_product_of_the_rows():
     from digest.ranking import _row_dots
 
     rng = np.random.default_rng(0)
+
+    def random_rows(count, width):
+        return sparse.random(
+            count,
+            width,
+            density=rng.uniform(0.0, 0.5),
+            format="csr",
+            dtype=np.float32,
+            random_state=int(rng.integers(1e9)),
+        )
+
     for _ in range(200):
         width = int(rng.integers(5, 300))
-        left = sparse.random(
-            int(rng.integers(1, 6)),
-            width,
-            density=rng.uniform(0.0, 0.5),
-            format="csr",
-            dtype=np.float32,
-            random_state=int(rng.integers(1e9)),
-        )
-        right = sparse.random(
-            int(rng.integers(1, 30)),
-            width,
-            density=rng.uniform(0.0, 0.5),
-            format="csr",
-            dtype=np.float32,
-            random_state=int(rng.integers(1e9)),
-        )
+        left = random_rows(int(rng.integers(1, 6)), width)
+        right = random_rows(int(rng.integers(1, 30)), width)
         rows = rng.integers(0, right.shape[0], size=int(rng.integers(1, 12))).tolist()
         expected = (left @ right[rows].T).toarray()
         got = _row_dots(left, right, rows)
