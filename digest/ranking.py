@@ -55,6 +55,12 @@ class RankPaper:
         return f"{self.title}. {self.title}. {self.abstract}"
 
     @property
+    def embedding_text(self) -> str:
+        # A sentence encoder reads a bounded number of word pieces (256 for MiniLM): the title
+        # once, then the abstract, as the embedding methods it is compared with read a paper.
+        return f"{self.title}. {self.abstract}"
+
+    @property
     def date(self) -> dt.datetime | None:
         return self.published or self.first_seen
 
@@ -606,7 +612,7 @@ def prepare_corpus(
         id_order=np.argsort(np.argsort(np.array([p.id for p in papers], dtype=object))),
         embedded_t=None
         if model.encoder is None
-        else np.ascontiguousarray(_encode(model, [p.text for p in papers]).T),
+        else np.ascontiguousarray(_encode(model, [p.embedding_text for p in papers]).T),
         neighbours_t=None if neighbours is None else neighbours.T.tocsr(),
     )
 
@@ -715,7 +721,8 @@ def _centroids(
     owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
     embedded = None
     if embed and model.encoder is not None:
-        embedded = normalize(owner @ _encode(model, flat))
+        texts = [p.embedding_text for g in groups for p in g]
+        embedded = normalize(owner @ _encode(model, texts))
     return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
 
 

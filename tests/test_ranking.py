@@ -399,9 +399,11 @@ class ConceptEncoder:
 
     def __init__(self):
         self.calls = 0
+        self.texts = []
 
     def __call__(self, texts):
         self.calls += 1
+        self.texts.extend(texts)
         rows = np.full((len(texts), 3), 0.01)
         for i, text in enumerate(texts):
             for word in text.lower().replace(".", " ").split():
@@ -425,6 +427,10 @@ def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
     assert ids(embedded)[0] == "quad" and "voice" not in ids(embedded)
     assert "matches 'legged locomotion'" in embedded[0].why
     assert encoder.calls >= 2  # the candidates, then the topics
+    # The encoder reads each paper as the embedding methods do, its title once (a model reads
+    # a bounded number of word pieces: a repeated title would push out the abstract's end).
+    assert "Quadruped walking. Quadruped walking." in encoder.texts
+    assert not any(t.startswith("Quadruped walking. Quadruped walking. ") for t in encoder.texts)
 
 
 def test_liked_papers_are_compared_without_the_encoder_unless_configured():
