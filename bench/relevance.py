@@ -41,6 +41,7 @@ takes its liked papers from February, which neither June's profiles nor the back
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -64,6 +65,8 @@ from digest.ranking import Profile, RankingConfig, RankPaper, TopicModel, rank_p
 DEFAULT_CORPUS = "../shared/data/arxiv-daily/arxiv-daily-2025-03-18_2026-07-01.jsonl.gz"
 CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 K = 10
+# Our ranker's settings: the defaults, unless `--set` changes some (for debugging, not reported).
+RANKING = RankingConfig()
 
 # Our own interests, each tied to one arXiv category. Broad categories (cs.CV, cs.AI, cs.CL,
 # cs.LG) are left out: most candidates list them, so any ranker would score well.
@@ -174,7 +177,7 @@ def method_ours(
                 for p in profiles
             ],
             now=now,
-            config=RankingConfig(top_k=K),
+            config=dataclasses.replace(RANKING, top_k=K),
             model=state["model"],
         )
         return [[index[pick.paper_id] for pick in picks] for picks in ranked]
@@ -349,7 +352,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--background-from", default="2026-03-01")
     parser.add_argument("--skip", action="append", default=[], choices=sorted(METHODS))
     parser.add_argument("--only", action="append", default=[], choices=sorted(METHODS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one of our RankingConfig settings (e.g. weight_recency=0), to see what a "
+        "part of the score costs or gains here; the reported table uses the defaults",
+    )
     args = parser.parse_args(argv)
+    global RANKING
+    fields = {f.name: f for f in dataclasses.fields(RankingConfig)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            parser.error(f"--set {item}: expected FIELD=VALUE, FIELD one of {', '.join(fields)}")
+        kind = type(getattr(RANKING, name))
+        RANKING = dataclasses.replace(RANKING, **{name: kind(value)})
+    if args.set:
+        print(f"our settings changed: {', '.join(args.set)}", file=sys.stderr)
 
     print(f"Reading {args.corpus} ...", file=sys.stderr)
     docs = load_corpus(args.corpus)
