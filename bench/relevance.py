@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import gzip
 import json
 import math
@@ -368,14 +369,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = [f.name for f in dataclasses.fields(RankingConfig)]
     for item in args.set:
         name, _, value = item.partition("=")
+        usage = f"--set {item}: expected FIELD=NUMBER, FIELD one of {', '.join(fields)}"
+        if name not in fields:
+            parser.error(usage)
         try:
-            if name not in fields:
-                raise ValueError
             ranking = dataclasses.replace(ranking, **{name: type(getattr(ranking, name))(value)})
         except ValueError:
-            parser.error(f"--set {item}: expected FIELD=NUMBER, FIELD one of {', '.join(fields)}")
+            parser.error(usage)
     if args.set:
         print(f"our settings changed: {', '.join(args.set)}", file=sys.stderr)
+    methods: dict[str, Callable[[Sequence[Doc]], tuple[Method, Callable[[], None]]]] = {
+        **METHODS,
+        "ours": functools.partial(method_ours, config=ranking),
+        "ours+minilm": functools.partial(method_ours_minilm, config=ranking),
+    }
 
     print(f"Reading {args.corpus} ...", file=sys.stderr)
     docs = load_corpus(args.corpus)
@@ -408,10 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.only or [m for m in METHODS if m not in args.skip]
     rows = []
     for name in names:
-        if name.startswith("ours"):
-            run, fit = METHODS[name](background, config=ranking)  # type: ignore[call-arg]
-        else:
-            run, fit = METHODS[name](background)
+        run, fit = methods[name](background)
         t0 = time.process_time()
         w0 = time.perf_counter()
         fit()
