@@ -21,6 +21,8 @@ from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.db import one_of
+from digest.errors import UserError
+from digest.links import signed_link
 from digest.mailer import Mailer
 from digest.models import (
     Delivery,
@@ -51,10 +53,6 @@ Progress = Callable[[int], None]
 MAX_TOPICS = 20
 MAX_TOPIC_LENGTH = 100
 SUPPRESS_AFTER_PERMANENT_FAILURES = 3
-
-
-class UserError(ValueError):
-    """Bad input from a person: the message is shown to them as is."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,10 +595,6 @@ def empty_reason(candidates: int, settings: Settings) -> str:
     return "no new paper above the relevance threshold"
 
 
-def _link(settings: Settings, path: str, purpose: Purpose, payload: dict[str, object]) -> str:
-    return f"{settings.base_url}/{path}/{make_token(settings.secret_key, purpose, payload)}"
-
-
 # A paper's part of a digest entry, made once per paper object: a run sends the same few
 # thousand papers (held by the corpus cache) to everyone. A weak reference to the object is
 # kept with its parts, so that an id is never taken for another paper's and no paper is kept
@@ -640,7 +634,7 @@ def digest_context(
     entries = []
     # One signed feedback token per digest: it says who votes; each link names its paper and
     # vote (a dozen signatures per message cost more than the rest of its links).
-    feedback = _link(settings, "feedback", Purpose.FEEDBACK, {"s": sid})
+    feedback = signed_link(settings, "feedback", Purpose.FEEDBACK, {"s": sid})
     for pick in picks:
         paper_id, title, authors, summary, url, query = _entry_parts(
             papers[pick.paper_id], settings.base_url
@@ -662,8 +656,10 @@ def digest_context(
         recipient=subscriber.email,
         digest_date=digest_date,
         entries=entries,
-        web_url=_link(settings, "digest", Purpose.VIEW, {"s": sid, "d": digest_date.isoformat()}),
-        preferences_url=_link(settings, "preferences", Purpose.PREFERENCES, {"s": sid}),
+        web_url=signed_link(
+            settings, "digest", Purpose.VIEW, {"s": sid, "d": digest_date.isoformat()}
+        ),
+        preferences_url=signed_link(settings, "preferences", Purpose.PREFERENCES, {"s": sid}),
         unsubscribe_url=f"{settings.base_url}/unsubscribe/{unsubscribe_token}",
         unsubscribe_mailto=(
             f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{unsubscribe_token}"

@@ -26,6 +26,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest import services
 from digest.config import Settings
 from digest.db import create_schema, make_engine
+from digest.links import signed_link
 from digest.mailer import DeliveryError, Mailer, mailer_for
 from digest.models import Paper, Subscriber, SubscriberStatus
 from digest.schedule import local_date
@@ -284,7 +285,7 @@ def create_app(
             return render_template(
                 "web/unsubscribe.html",
                 email=subscriber.email,
-                preferences_url=services._link(
+                preferences_url=signed_link(
                     settings, "preferences", Purpose.PREFERENCES, {"s": subscriber.id}
                 ),
             )
@@ -298,7 +299,7 @@ def create_app(
             subscriber, _ = subscriber_from(Purpose.PREFERENCES, token)
         except InvalidToken as exc:
             return bad_link(exc)
-        unsubscribe_url = services._link(
+        unsubscribe_url = signed_link(
             settings, "unsubscribe", Purpose.UNSUBSCRIBE, {"s": subscriber.id}
         )
         if subscriber.status == SubscriberStatus.UNSUBSCRIBED:

@@ -1,0 +1,13 @@
+"""The project's error hierarchy: one base, so callers catch ours and let real bugs through."""
+
+from __future__ import annotations
+
+
+class DigestError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class UserError(DigestError, ValueError):
+    """Bad input from a person: the message is shown to them as is.
+
+    Still a ValueError while the CLI and web catch sites that rely on it are narrowed."""
