@@ -1,0 +1,170 @@
+"""The paper side of a ranking, prepared once per run and shared by every batch, with its memos."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import sparse
+from sklearn.preprocessing import normalize
+
+from digest.ranking.lexical import TopicModel
+from digest.ranking.model import RankingConfig, RankPaper
+from digest.ranking.signals import near_duplicates, recency, trending
+
+
+@dataclass
+class PreparedCorpus:
+    """The paper side of a ranking, computed once and shared by every batch of profiles."""
+
+    papers: Sequence[RankPaper]
+    now: dt.datetime
+    config: RankingConfig
+    model: TopicModel
+    vectors: sparse.csr_matrix
+    vectors_t: sparse.csr_matrix
+    semantic_t: np.ndarray | None
+    prior: np.ndarray
+    index: dict[str, int]
+    duplicates: dict[int, set[int]]
+    # (embedding dimensions x papers), when the model has an encoder.
+    embedded_t: np.ndarray | None = None
+    # (model corpus x papers): each paper's nearest corpus papers, for field votes.
+    neighbours_t: sparse.csr_matrix | None = None
+    # Papers matching each excluded term seen so far (a memo: same answer, computed once).
+    term_hits: dict[str, list[int]] = field(default_factory=dict)
+    # Each paper's place in the order of ids: ties in score go by id.
+    id_order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Each picked paper's own part of the reason ("212 upvotes; 1 day old"), made once.
+    paper_reasons: dict[int, str] = field(default_factory=dict)
+    # Similarities of each topic text to the papers, by ranking configuration (a bounded memo).
+    query_rows: dict[RankingConfig, QueryMemo] = field(default_factory=dict)
+    # TF-IDF rows of liked and disliked papers by text: a paper many subscribers liked is
+    # tokenised once (a bounded memo).
+    feedback_rows: TextRows = field(default_factory=lambda: TextRows(FEEDBACK_MEMO_ROWS))
+
+
+FEEDBACK_MEMO_ROWS = 20_000  # about 25 MB of abstracts
+
+
+class TextRows:
+    """TF-IDF rows by text (as index and value arrays), at most `capacity` of them; the least
+    recently used go first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.rows: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def matrix(self, model: TopicModel, texts: Sequence[str]) -> sparse.csr_matrix:
+        """`model.transform(texts)`, each distinct text not seen before transformed once."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.rows]
+        if missing:
+            new = model.transform(missing)
+            for k, text in enumerate(missing):
+                start, end = new.indptr[k], new.indptr[k + 1]
+                self.rows[text] = (new.indices[start:end].copy(), new.data[start:end].copy())
+        parts = []
+        for text in texts:
+            parts.append(self.rows[text])
+            self.rows.move_to_end(text)
+        while len(self.rows) > self.capacity:
+            self.rows.popitem(last=False)
+        width = len(model.vectorizer.vocabulary_)
+        if not parts:
+            return sparse.csr_matrix((0, width), dtype=np.float32)
+        indptr = np.zeros(len(parts) + 1, dtype=np.int32)
+        np.cumsum([len(indices) for indices, _ in parts], out=indptr[1:])
+        return sparse.csr_matrix(
+            (
+                np.concatenate([data for _, data in parts]),
+                np.concatenate([indices for indices, _ in parts]),
+                indptr,
+            ),
+            shape=(len(parts), width),
+        )
+
+
+class QueryMemo:
+    """Similarity rows (float32, one per query text) kept up to a memory budget; the least
+    recently used go first."""
+
+    def __init__(self, budget_bytes: float) -> None:
+        self.budget = budget_bytes
+        self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.size = 0
+
+    def get(self, text: str) -> np.ndarray | None:
+        row = self.rows.get(text)
+        if row is not None:
+            self.rows.move_to_end(text)
+        return row
+
+    def put(self, text: str, row: np.ndarray) -> None:
+        self.rows[text] = row
+        self.size += row.nbytes
+        while self.size > self.budget and len(self.rows) > 1:
+            _, old = self.rows.popitem(last=False)
+            self.size -= old.nbytes
+
+
+def prepare_corpus(
+    papers: Sequence[RankPaper],
+    *,
+    now: dt.datetime,
+    config: RankingConfig = RankingConfig(),
+    model: TopicModel | None = None,
+) -> PreparedCorpus:
+    """Vectors, recency, trending and near-duplicates of the candidates, for `rank_prepared`.
+
+    Without a `model`, one is fitted on the candidates themselves.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Near-duplicates need only the TF-IDF rows: found in a thread while the latent space
+        # is fitted (both spend their time in native code that releases the GIL), which takes
+        # a second and a half off the fit that every worker waits for before its first message.
+        duplicates: Future[dict[int, set[int]]] | None = None
+
+        def find_duplicates(rows: sparse.csr_matrix) -> None:
+            nonlocal duplicates
+            duplicates = pool.submit(near_duplicates, rows, config.duplicate_similarity)
+
+        if model is None:
+            model, vectors = TopicModel.fit_transform(
+                [p.text for p in papers], rows_ready=find_duplicates
+            )
+        else:
+            vectors = model.transform([p.text for p in papers])
+            find_duplicates(vectors)
+        assert duplicates is not None
+        pairs = duplicates.result()
+    semantic = model.semantic(vectors)
+    neighbours = None
+    if semantic is not None and config.field_weight > 0:
+        neighbours = model.neighbours(semantic, config.field_neighbours)
+    return PreparedCorpus(
+        papers=papers,
+        now=now,
+        config=config,
+        model=model,
+        vectors=vectors,
+        vectors_t=vectors.T.tocsr(),
+        semantic_t=None if semantic is None else np.ascontiguousarray(semantic.T, np.float64),
+        prior=config.weight_recency * recency(papers, now, config.half_life_days)
+        + config.weight_trending * trending(papers, config.trending_reference),
+        index={p.id: i for i, p in enumerate(papers)},
+        duplicates=pairs,
+        id_order=np.argsort(np.argsort(np.array([p.id for p in papers], dtype=object))),
+        embedded_t=None
+        if model.encoder is None
+        else np.ascontiguousarray(_encode(model, [p.embedding_text for p in papers]).T),
+        neighbours_t=None if neighbours is None else neighbours.T.tocsr(),
+    )
+
+
+def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
+    assert model.encoder is not None
+    return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))

@@ -1,0 +1,130 @@
+"""The ranking's vocabulary: papers and profiles in, picks out, and the settings of a ranking."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class RankPaper:
+    id: str
+    title: str
+    abstract: str = ""
+    published: dt.datetime | None = None
+    first_seen: dt.datetime | None = None
+    upvotes: int | None = None
+    comments: int | None = None
+    categories: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, record: Any) -> RankPaper:
+        """The ranking view of any paper record with the usual fields (a stored Paper, a
+        PaperIn read from a file)."""
+        return cls(
+            id=record.id,
+            title=record.title,
+            abstract=record.abstract,
+            published=record.published,
+            first_seen=record.first_seen,
+            upvotes=record.upvotes,
+            comments=record.comments,
+            categories=tuple(record.categories),
+        )
+
+    @property
+    def text(self) -> str:
+        # The title carries the most signal per word: count it twice.
+        return f"{self.title}. {self.title}. {self.abstract}"
+
+    @property
+    def embedding_text(self) -> str:
+        # A sentence encoder reads a bounded number of word pieces (256 for MiniLM): the title
+        # once, then the abstract, as the embedding methods it is compared with read a paper.
+        return f"{self.title}. {self.abstract}"
+
+    @property
+    def date(self) -> dt.datetime | None:
+        return self.published or self.first_seen
+
+
+@dataclass(frozen=True)
+class Profile:
+    id: str
+    topics: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    liked: tuple[RankPaper, ...] = ()
+    disliked: tuple[RankPaper, ...] = ()
+    seen: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    top_k: int = 10
+    half_life_days: float = 3.0
+    # Below this relevance a paper is not sent at all: an empty day is better than noise.
+    min_relevance: float = 0.05
+    weight_topic: float = 0.6
+    weight_recency: float = 0.25
+    weight_trending: float = 0.15
+    # The topical part is relevance over the profile's best relevance of the day, but never over
+    # less than this: on a day with only weak matches, none of them gets full topical credit.
+    relevance_scale: float = 0.35
+    # Upvotes (plus half the comments) that count as fully trending, on a log scale.
+    trending_reference: float = 200.0
+    # How much a liked paper counts against a topic, and how hard dislikes push down.
+    liked_weight: float = 0.9
+    disliked_weight: float = 0.5
+    # Share of the latent-semantic (LSA) similarity in relevance; the rest is TF-IDF cosine.
+    semantic_weight: float = 0.7
+    # Query expansion in the latent space: each topic (and the liked papers) is moved towards
+    # its nearest papers of the model's corpus by this weight.
+    feedback_papers: int = 30
+    feedback_weight: float = 1.0
+    # Field votes: a query's field is its nearest papers of the model's corpus (this share of
+    # the corpus), and a candidate's vote is the share of its `field_neighbours` nearest corpus
+    # papers inside that field. A paper among many of the field's papers matches the topic even
+    # where it shares few words with it. The vote takes `field_weight` of relevance.
+    field_weight: float = 0.5
+    field_share: float = 0.015
+    field_neighbours: int = 10
+    # Share of sentence-embedding similarity in relevance, when the model has an encoder.
+    embedding_weight: float = 0.5
+    # The same share for liked and disliked papers. Zero by default: the TF-IDF and latent
+    # centroid of whole abstracts already says more than a mean of sentence embeddings, and
+    # blending them in lowered precision on liked-paper profiles (bench/relevance.py).
+    feedback_embedding_weight: float = 0.0
+    # Each pick already made for the same topic takes this share off the next one's score, so
+    # one topic does not crowd the others out of a digest.
+    topic_crowding: float = 0.1
+    # Share of the all-topics-together query in topical relevance (the rest is the best single
+    # topic): papers at the crossing of a profile's topics rise, one-topic matches still count.
+    joint_topics: float = 0.5
+    # Two picks more similar than this are near-duplicates: keep only the better one.
+    duplicate_similarity: float = 0.75
+    # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
+    chunk_profiles: int = 1000
+    # Memory for remembering each topic's similarities to the candidates across batches:
+    # subscribers share topics, so most of a batch's queries were already computed.
+    query_memo_mb: float = 64.0
+
+
+class Pick(NamedTuple):
+    """One paper picked for a profile: its score and the one-line reason (a tuple: a day's run
+    makes a million)."""
+
+    paper_id: str
+    score: float
+    why: str
+    relevance: float
+    matched: str
+
+
+# An optional sentence-embedding backend: texts in, unit-norm rows out (see digest/embeddings.py).
+Encoder = Callable[[Sequence[str]], np.ndarray]

@@ -1,0 +1,300 @@
+"""Pure ranking: candidate papers and subscriber profiles in, explained picks out.
+
+No database, no clock, no globals: `now` and the configuration are parameters, so the CLI, the
+web preview, the benchmarks and the email all call the same `rank_papers`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+from sklearn.preprocessing import normalize
+
+from digest.ranking.corpus import PreparedCorpus, QueryMemo, TextRows, _encode, prepare_corpus
+from digest.ranking.lexical import TopicModel
+from digest.ranking.model import Pick, Profile, RankingConfig, RankPaper
+from digest.ranking.picks import _labels, _picks, _select
+from digest.ranking.signals import excluded_mask
+
+
+def rank_prepared(
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    *,
+    config: RankingConfig | None = None,
+) -> list[list[Pick]]:
+    """`rank_papers` against a prepared corpus: call it per batch of profiles, all alike.
+
+    `config` (default: the one the corpus was prepared with) sets the profile side; recency,
+    trending, near-duplicates and the candidates' corpus neighbours (for field votes) keep the
+    corpus's settings.
+    """
+    if not corpus.papers or not profiles:
+        return [[] for _ in profiles]
+    config = config or corpus.config
+    results: list[list[Pick]] = []
+    for start in range(0, len(profiles), config.chunk_profiles):
+        chunk = profiles[start : start + config.chunk_profiles]
+        results.extend(_rank_chunk(corpus, chunk, corpus.now, config, corpus.model))
+    return results
+
+
+def rank_papers(
+    papers: Sequence[RankPaper],
+    profiles: Sequence[Profile],
+    *,
+    now: dt.datetime,
+    config: RankingConfig = RankingConfig(),
+    model: TopicModel | None = None,
+) -> list[list[Pick]]:
+    """For each profile, at most `top_k` picks, best first, each with a one-line reason.
+
+    Pass a `model` fitted once on the corpus to score many batches of profiles alike (or
+    prepare the candidates once with `prepare_corpus` and call `rank_prepared` per
+    batch); without one, a model is fitted on the candidates themselves.
+    """
+    if not papers or not profiles:
+        return [[] for _ in profiles]
+    corpus = prepare_corpus(papers, now=now, config=config, model=model)
+    return rank_prepared(corpus, profiles)
+
+
+def _similarities(
+    model: TopicModel,
+    corpus: PreparedCorpus,
+    queries: sparse.csr_matrix,
+    config: RankingConfig,
+    *,
+    expand: bool = True,
+    embedded: np.ndarray | None = None,
+    embedding_weight: float | None = None,
+) -> np.ndarray:
+    """(queries x papers): TF-IDF cosine blended with latent-semantic cosine and, with
+    `expand`, with field votes (and with sentence-embedding cosine, by `embedding_weight` or
+    the config's, when the queries' `embedded` rows are given)."""
+    sims = (queries @ corpus.vectors_t).toarray().astype(np.float64)
+    semantic = model.semantic(queries)
+    if semantic is not None and corpus.semantic_t is not None:
+        field = None
+        if expand:
+            semantic, field = model.feedback(semantic, config)
+        a = config.semantic_weight
+        sims *= 1.0 - a
+        # In float64: a BLAS product's last bits depend on the batch's shape, and a profile's
+        # picks must not depend on which other profiles share its batch.
+        sims += a * (semantic.astype(np.float64) @ corpus.semantic_t)
+        if field is not None and corpus.neighbours_t is not None:
+            f = config.field_weight
+            sims *= 1.0 - f
+            sims += f * (field @ corpus.neighbours_t).toarray()
+    e = config.embedding_weight if embedding_weight is None else embedding_weight
+    if embedded is not None and corpus.embedded_t is not None and e > 0:
+        sims *= 1.0 - e
+        sims += e * (embedded @ corpus.embedded_t)
+    return sims
+
+
+def _centroids(
+    model: TopicModel,
+    groups: Sequence[Sequence[RankPaper]],
+    *,
+    embed: bool,
+    memo: TextRows | None = None,
+) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
+    """One unit centroid per group of papers, each group's own paper vectors, and (with
+    `embed`, when the model has an encoder) the centroids' sentence embeddings."""
+    flat = [p.text for g in groups for p in g]
+    vectors = model.transform(flat) if memo is None else memo.matrix(model, flat)
+    rows, cols, vals, members, start = [], [], [], [], 0
+    for g_index, group in enumerate(groups):
+        for k in range(len(group)):
+            rows.append(g_index)
+            cols.append(start + k)
+            vals.append(1.0 / len(group))
+        members.append(vectors[start : start + len(group)])
+        start += len(group)
+    owner = sparse.csr_matrix((vals, (rows, cols)), shape=(len(groups), len(flat)))
+    embedded = None
+    if embed and model.encoder is not None:
+        texts = [p.embedding_text for g in groups for p in g]
+        embedded = normalize(owner @ _encode(model, texts))
+    return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
+
+
+def _query_similarities(
+    corpus: PreparedCorpus, texts: Sequence[str], config: RankingConfig
+) -> list[np.ndarray]:
+    """Each free-text query's float32 similarities to the papers (one row per text), each
+    distinct text computed once per corpus and configuration (kept up to `query_memo_mb`)."""
+    model = corpus.model
+    memo = corpus.query_rows.get(config)
+    if memo is None:
+        memo = corpus.query_rows[config] = QueryMemo(config.query_memo_mb * 2**20)
+    rows: dict[str, np.ndarray] = {}
+    for text in texts:
+        if text not in rows:
+            row = memo.get(text)
+            if row is not None:
+                rows[text] = row
+    missing = [t for t in dict.fromkeys(texts) if t not in rows]
+    if missing:
+        sims = _similarities(
+            model,
+            corpus,
+            model.transform(missing),
+            config,
+            embedded=_encode(model, missing) if model.encoder else None,
+        ).astype(np.float32)
+        for text, row in zip(missing, sims, strict=True):
+            # A copy: a view would keep the whole batch's matrix alive in the memo.
+            rows[text] = row = row.copy()
+            memo.put(text, row)
+    return [rows[text] for text in texts]
+
+
+def _rank_chunk(
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    now: dt.datetime,
+    config: RankingConfig,
+    model: TopicModel,
+) -> list[list[Pick]]:
+    papers = corpus.papers
+    n_profiles, n_papers = len(profiles), len(papers)
+    relevance = np.zeros((n_profiles, n_papers), dtype=np.float32)
+
+    # Each profile's topics are the rows of `topic_sims` from `first[i]` to `last[i]`.
+    topic_texts: list[str] = []
+    first = np.zeros(n_profiles, dtype=np.int64)
+    last = np.zeros(n_profiles, dtype=np.int64)
+    for i, profile in enumerate(profiles):
+        first[i] = len(topic_texts)
+        topic_texts.extend(t for t in profile.topics if t.strip())
+        last[i] = len(topic_texts)
+    topic_labels = [f"matches '{t.strip()}'" for t in topic_texts]
+    topic_sims: list[np.ndarray] = []
+    if topic_texts:
+        topic_sims = _query_similarities(corpus, topic_texts, config)
+        # The best single topic of each profile, its rows taken straight from the memo.
+        for i in range(n_profiles):
+            own = topic_sims[first[i] : last[i]]
+            if own:
+                relevance[i] = own[0]
+                for row in own[1:]:
+                    np.maximum(relevance[i], row, out=relevance[i])
+        multi = np.flatnonzero(last - first > 1).tolist()
+        if multi and config.joint_topics > 0:
+            joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
+            j = config.joint_topics
+            for i, row in zip(multi, _query_similarities(corpus, joint, config), strict=True):
+                relevance[i] = (1.0 - j) * relevance[i] + j * row
+
+    liked_members: dict[int, sparse.csr_matrix] = {}
+    disliked_members: dict[int, sparse.csr_matrix] = {}
+    # Where a liked paper's likeness beat the topics (the pick is explained by the liked paper).
+    liked_won: np.ndarray | None = None
+    for kind, members in (("liked", liked_members), ("disliked", disliked_members)):
+        owners_list = [i for i, p in enumerate(profiles) if getattr(p, kind)]
+        if not owners_list:
+            continue
+        centroids, groups, embedded = _centroids(
+            model,
+            [getattr(profiles[i], kind) for i in owners_list],
+            embed=config.feedback_embedding_weight > 0,
+            memo=corpus.feedback_rows if model is corpus.model else None,
+        )
+        sims = _similarities(
+            model,
+            corpus,
+            centroids,
+            config,
+            expand=kind == "liked",
+            embedded=embedded,
+            embedding_weight=config.feedback_embedding_weight,
+        )
+        owners = np.asarray(owners_list)
+        members.update(zip(owners_list, groups, strict=True))
+        if kind == "liked":
+            # Feedback as a second query (Rocchio): papers like the liked ones count as matches.
+            liked_rel = config.liked_weight * sims
+            better = liked_rel > relevance[owners]
+            relevance[owners] = np.where(better, liked_rel, relevance[owners])
+            liked_won = np.zeros((n_profiles, n_papers), dtype=bool)
+            liked_won[owners] = better
+        else:
+            relevance[owners] -= config.disliked_weight * np.maximum(sims, 0.0)
+        del sims
+
+    # Excluded and already-sent papers are marked in `relevance` itself (-inf, below any
+    # threshold), from their few coordinates: no dense mask per kind.
+    excluded = excluded_mask(papers, profiles, corpus.term_hits).tocoo()
+    relevance[excluded.row, excluded.col] = -np.inf
+    for i, profile in enumerate(profiles):
+        seen = [corpus.index[pid] for pid in profile.seen if pid in corpus.index]
+        if seen:
+            relevance[i, seen] = -np.inf
+    blocked = relevance < config.min_relevance
+    # Topical credit relative to the profile's best match of the day (floored by the scale), so
+    # recency and trending weigh the same against it for every kind of profile. A row's maximum
+    # is an allowed paper's whenever it reaches the threshold; else nothing is allowed.
+    top_relevance = relevance.max(axis=1, initial=-np.inf)
+    best = np.where(
+        top_relevance >= config.min_relevance, np.maximum(top_relevance, 0.0), 0.0
+    ).astype(relevance.dtype)
+    scale = np.maximum(best, config.relevance_scale)[:, None]
+    # The scores, negated for the partition below, written in place: these are the chunk's
+    # largest arrays, and each pass over them costs as much as the arithmetic.
+    topical = np.maximum(relevance, 0.0)
+    topical *= config.weight_topic
+    topical /= scale
+    negated = np.add(topical, corpus.prior[None, :])
+    del topical
+    np.negative(negated, out=negated)
+    np.copyto(negated, np.inf, where=blocked)
+    allowed = n_papers - np.count_nonzero(blocked, axis=1)
+    del blocked
+
+    out: list[list[Pick]] = []
+    pool = max(config.top_k * 4, config.top_k + 10)
+    # Every profile's best `pool` papers in one partition of the whole matrix.
+    k_all = min(pool, n_papers)
+    tops = (
+        np.argpartition(negated, k_all - 1, axis=1)[:, :k_all]
+        if k_all < n_papers
+        else np.broadcast_to(np.arange(n_papers), (n_profiles, n_papers))
+    )
+    # Each profile's pool sorted by score, then id (so that equal scores give the same order on
+    # every run), for the whole chunk in one sort; blocked papers (+inf) sort last, and are cut.
+    values = np.take_along_axis(negated, tops, axis=1)  # minus the scores
+    rows = np.repeat(np.arange(n_profiles), tops.shape[1])
+    order = np.lexsort((corpus.id_order[tops].ravel(), values.ravel(), rows))
+    sorted_columns = tops.ravel()[order].reshape(tops.shape)
+    sorted_values = values.ravel()[order].reshape(tops.shape)
+    counts: list[int] = np.isfinite(sorted_values).sum(axis=1).tolist()
+    column_lists: list[list[int]] = sorted_columns.tolist()  # type: ignore[assignment]
+    value_lists: list[list[float]] = sorted_values.tolist()
+    for i in range(n_profiles):
+        if allowed[i] == 0:
+            out.append([])
+            continue
+        count = counts[i]
+        columns = sorted_columns[i, :count]
+        ordered = list(zip(value_lists[i][:count], column_lists[i][:count], strict=True))
+        labels = _labels(columns, i, first, last, topic_sims, liked_won)
+        picks = _select(ordered, labels, corpus.duplicates, config)
+        out.append(
+            _picks(
+                corpus,
+                profiles[i],
+                picks,
+                relevance[i],
+                labels,
+                topic_labels,
+                liked_members.get(i),
+                disliked_members.get(i),
+            )
+        )
+    return out
