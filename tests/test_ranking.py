@@ -433,7 +433,7 @@ def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
     assert not any(t.startswith("Quadruped walking. Quadruped walking. ") for t in encoder.texts)
 
 
-def test_liked_papers_are_compared_without_the_encoder_unless_configured():
+def test_tfidf_path_compares_liked_papers_without_the_encoder_unless_configured():
     papers = [
         make_rank_paper(id="quad", title="Quadruped walking", abstract="Quadruped walking."),
         make_rank_paper(id="voice", title="Voice cloning", abstract="Voice cloning."),
@@ -443,7 +443,7 @@ def test_liked_papers_are_compared_without_the_encoder_unless_configured():
     profile = make_profile(topics=(), liked=(liked,))
     encoder = ConceptEncoder()
     model = TopicModel.fit([p.text for p in papers], encoder=encoder)
-    prepared = prepare_corpus(papers, now=NOW, model=model)
+    prepared = prepare_corpus(papers, now=NOW, model=model, config=RankingConfig(hybrid=False))
     calls = encoder.calls
     (plain,) = rank_prepared(prepared, [profile])
     assert "quad" not in ids(plain) and encoder.calls == calls  # liked papers not encoded

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.preprocessing import normalize
 
+from digest.ranking.hybrid import Bm25
 from digest.ranking.lexical import TopicModel
 from digest.ranking.model import RankingConfig, RankPaper
 from digest.ranking.signals import near_duplicates, recency, trending
@@ -33,6 +34,11 @@ class PreparedCorpus:
     duplicates: dict[int, set[int]]
     # (embedding dimensions x papers), when the model has an encoder.
     embedded_t: np.ndarray | None = None
+    # BM25 over the candidates, when relevance is hybrid (dense + lexical).
+    lexical: Bm25 | None = None
+    # Each topic text's sentence embedding (hybrid relevance), to say "matches" only when a
+    # pick is really close to the topic.
+    query_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     # (model corpus x papers): each paper's nearest corpus papers, for field votes.
     neighbours_t: sparse.csr_matrix | None = None
     # Papers matching each excluded term seen so far (a memo: same answer, computed once).
@@ -117,10 +123,13 @@ def prepare_corpus(
     now: dt.datetime,
     config: RankingConfig = RankingConfig(),
     model: TopicModel | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> PreparedCorpus:
     """Vectors, recency, trending and near-duplicates of the candidates, for `rank_prepared`.
 
-    Without a `model`, one is fitted on the candidates themselves.
+    Without a `model`, one is fitted on the candidates themselves. `embeddings` are the
+    candidates' sentence embeddings (papers x dimensions, unit rows, computed once when they
+    were stored); without them a model with an encoder encodes the candidates here.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Near-duplicates need only the TF-IDF rows: found in a thread while the latent space
@@ -141,6 +150,14 @@ def prepare_corpus(
             find_duplicates(vectors)
         assert duplicates is not None
         pairs = duplicates.result()
+    embedded = None
+    if embeddings is not None:
+        embedded = normalize(np.asarray(embeddings, dtype=np.float64))
+    elif model.encoder is not None:
+        embedded = _encode(model, [p.embedding_text for p in papers])
+    lexical = None
+    if embedded is not None and config.hybrid:
+        lexical = Bm25([p.text for p in papers])
     semantic = model.semantic(vectors)
     neighbours = None
     if semantic is not None and config.field_weight > 0:
@@ -158,9 +175,8 @@ def prepare_corpus(
         index={p.id: i for i, p in enumerate(papers)},
         duplicates=pairs,
         id_order=np.argsort(np.argsort(np.array([p.id for p in papers], dtype=object))),
-        embedded_t=None
-        if model.encoder is None
-        else np.ascontiguousarray(_encode(model, [p.embedding_text for p in papers]).T),
+        embedded_t=None if embedded is None else np.ascontiguousarray(embedded.T),
+        lexical=lexical,
         neighbours_t=None if neighbours is None else neighbours.T.tocsr(),
     )
 

@@ -108,6 +108,15 @@ class RankingConfig:
     joint_topics: float = 0.5
     # Two picks more similar than this are near-duplicates: keep only the better one.
     duplicate_similarity: float = 0.75
+    # Hybrid relevance (digest/ranking/hybrid.py), used whenever the candidates come with
+    # sentence embeddings: the dense share of the fused score (the rest is BM25), the share
+    # for liked papers (the rest is TF-IDF cosine to their centroid), the fused relevance
+    # below which a paper is never sent, and the cosine from which a reason says "matches".
+    hybrid: bool = True
+    dense_weight: float = 0.7
+    liked_dense_weight: float = 0.7
+    hybrid_min_relevance: float = 0.2
+    match_similarity: float = 0.3
     # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
     chunk_profiles: int = 1000
     # Memory for remembering each topic's similarities to the candidates across batches:

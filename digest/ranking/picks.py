@@ -146,6 +146,7 @@ def _picks(
     relevance: np.ndarray,
     labels: dict[int, int],
     topic_labels: list[str],
+    topic_texts: list[str],
     liked: sparse.csr_matrix | None,
     disliked: sparse.csr_matrix | None,
 ) -> list[Pick]:
@@ -158,7 +159,7 @@ def _picks(
     for n, (j, score) in enumerate(chosen):
         query = labels[j]
         if query >= 0:
-            matched = topic_labels[query]
+            matched = f"{_closeness(corpus, topic_texts[query], j)} {topic_labels[query]}"
         elif query == LIKED and liked_near is not None:
             k = liked_near[n][0]
             matched = f"like '{_short_title(profile.liked[k].title)}' you liked"
@@ -181,3 +182,13 @@ def _picks(
             )
         )
     return out
+
+
+def _closeness(corpus: PreparedCorpus, topic: str, j: int) -> str:
+    """ "matches" when the paper is close to the topic in meaning (or when there is no sentence
+    encoder to tell), "related to" when it passed on weaker evidence."""
+    query = corpus.query_embeddings.get(topic)
+    if query is None or corpus.embedded_t is None:
+        return "matches"
+    cosine = float(query @ corpus.embedded_t[:, j])
+    return "matches" if cosine >= corpus.config.match_similarity else "related to"

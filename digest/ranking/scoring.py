@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from sklearn.preprocessing import normalize
 
 from digest.ranking.corpus import PreparedCorpus, QueryMemo, TextRows, _encode, prepare_corpus
+from digest.ranking.hybrid import fuse
 from digest.ranking.lexical import TopicModel
 from digest.ranking.model import Pick, Profile, RankingConfig, RankPaper
 from digest.ranking.picks import _labels, _picks, _select
@@ -140,6 +142,15 @@ def _query_similarities(
             if row is not None:
                 rows[text] = row
     missing = [t for t in dict.fromkeys(texts) if t not in rows]
+    if missing and corpus.lexical is not None and corpus.embedded_t is not None:
+        encoded = _encode(model, missing)
+        if len(corpus.query_embeddings) > 100_000:
+            corpus.query_embeddings.clear()
+        corpus.query_embeddings.update(zip(missing, encoded, strict=True))
+        dense = encoded @ corpus.embedded_t
+        sims = fuse(dense, corpus.lexical.scores(missing), config.dense_weight)
+        _remember(rows, memo, missing, sims)
+        missing = []
     if missing:
         sims = _similarities(
             model,
@@ -147,12 +158,38 @@ def _query_similarities(
             model.transform(missing),
             config,
             embedded=_encode(model, missing) if model.encoder else None,
-        ).astype(np.float32)
-        for text, row in zip(missing, sims, strict=True):
-            # A copy: a view would keep the whole batch's matrix alive in the memo.
-            rows[text] = row = row.copy()
-            memo.put(text, row)
+        )
+        _remember(rows, memo, missing, sims)
     return [rows[text] for text in texts]
+
+
+def _remember(
+    rows: dict[str, np.ndarray], memo: QueryMemo, texts: Sequence[str], sims: np.ndarray
+) -> None:
+    for text, row in zip(texts, sims.astype(np.float32), strict=True):
+        # A copy: a view would keep the whole batch's matrix alive in the memo.
+        rows[text] = row = row.copy()
+        memo.put(text, row)
+
+
+@dataclass
+class _Topics:
+    """A chunk's topic queries: profile i's are rows `first[i]` to `last[i]` of `sims`."""
+
+    texts: list[str]
+    first: np.ndarray
+    last: np.ndarray
+    sims: list[np.ndarray]
+
+
+@dataclass
+class _Feedback:
+    """A chunk's liked and disliked papers, and where a liked paper's likeness beat the topics
+    (the pick is then explained by the liked paper)."""
+
+    liked: dict[int, sparse.csr_matrix]
+    disliked: dict[int, sparse.csr_matrix]
+    liked_won: np.ndarray | None
 
 
 def _rank_chunk(
@@ -162,91 +199,157 @@ def _rank_chunk(
     config: RankingConfig,
     model: TopicModel,
 ) -> list[list[Pick]]:
-    papers = corpus.papers
-    n_profiles, n_papers = len(profiles), len(papers)
-    relevance = np.zeros((n_profiles, n_papers), dtype=np.float32)
+    relevance = np.zeros((len(profiles), len(corpus.papers)), dtype=np.float32)
+    topics = _topic_relevance(corpus, profiles, config, relevance)
+    feedback = _feedback_relevance(corpus, profiles, config, model, relevance)
+    _block_excluded_and_seen(corpus, profiles, relevance)
+    threshold = config.hybrid_min_relevance if corpus.lexical is not None else config.min_relevance
+    negated, allowed = _negated_scores(corpus, config, relevance, threshold)
+    topic_labels = [f"'{t.strip()}'" for t in topics.texts]
+    out: list[list[Pick]] = []
+    for i, (values, columns) in enumerate(_best_candidates(corpus, config, negated)):
+        if allowed[i] == 0:
+            out.append([])
+            continue
+        ordered = list(zip(values, columns, strict=True))
+        labels = _labels(
+            np.asarray(columns, dtype=np.int64),
+            i,
+            topics.first,
+            topics.last,
+            topics.sims,
+            feedback.liked_won,
+        )
+        picks = _select(ordered, labels, corpus.duplicates, config)
+        out.append(
+            _picks(
+                corpus,
+                profiles[i],
+                picks,
+                relevance[i],
+                labels,
+                topic_labels,
+                topics.texts,
+                feedback.liked.get(i),
+                feedback.disliked.get(i),
+            )
+        )
+    return out
 
-    # Each profile's topics are the rows of `topic_sims` from `first[i]` to `last[i]`.
-    topic_texts: list[str] = []
-    first = np.zeros(n_profiles, dtype=np.int64)
-    last = np.zeros(n_profiles, dtype=np.int64)
+
+def _topic_relevance(
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    config: RankingConfig,
+    relevance: np.ndarray,
+) -> _Topics:
+    """Each profile's best single topic, blended with all its topics together, into
+    `relevance`."""
+    texts: list[str] = []
+    first = np.zeros(len(profiles), dtype=np.int64)
+    last = np.zeros(len(profiles), dtype=np.int64)
     for i, profile in enumerate(profiles):
-        first[i] = len(topic_texts)
-        topic_texts.extend(t for t in profile.topics if t.strip())
-        last[i] = len(topic_texts)
-    topic_labels = [f"matches '{t.strip()}'" for t in topic_texts]
-    topic_sims: list[np.ndarray] = []
-    if topic_texts:
-        topic_sims = _query_similarities(corpus, topic_texts, config)
-        # The best single topic of each profile, its rows taken straight from the memo.
-        for i in range(n_profiles):
-            own = topic_sims[first[i] : last[i]]
-            if own:
-                relevance[i] = own[0]
-                for row in own[1:]:
-                    np.maximum(relevance[i], row, out=relevance[i])
-        multi = np.flatnonzero(last - first > 1).tolist()
-        if multi and config.joint_topics > 0:
-            joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
-            j = config.joint_topics
-            for i, row in zip(multi, _query_similarities(corpus, joint, config), strict=True):
-                relevance[i] = (1.0 - j) * relevance[i] + j * row
+        first[i] = len(texts)
+        texts.extend(t for t in profile.topics if t.strip())
+        last[i] = len(texts)
+    if not texts:
+        return _Topics(texts, first, last, [])
+    sims = _query_similarities(corpus, texts, config)
+    # The best single topic of each profile, its rows taken straight from the memo.
+    for i in range(len(profiles)):
+        own = sims[first[i] : last[i]]
+        if own:
+            relevance[i] = own[0]
+            for row in own[1:]:
+                np.maximum(relevance[i], row, out=relevance[i])
+    multi = np.flatnonzero(last - first > 1).tolist()
+    if multi and config.joint_topics > 0:
+        joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
+        j = config.joint_topics
+        for i, row in zip(multi, _query_similarities(corpus, joint, config), strict=True):
+            relevance[i] = (1.0 - j) * relevance[i] + j * row
+    return _Topics(texts, first, last, sims)
 
-    liked_members: dict[int, sparse.csr_matrix] = {}
-    disliked_members: dict[int, sparse.csr_matrix] = {}
-    # Where a liked paper's likeness beat the topics (the pick is explained by the liked paper).
-    liked_won: np.ndarray | None = None
-    for kind, members in (("liked", liked_members), ("disliked", disliked_members)):
+
+def _feedback_relevance(
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    config: RankingConfig,
+    model: TopicModel,
+    relevance: np.ndarray,
+) -> _Feedback:
+    """Liked papers as a second query (Rocchio: papers like them count as matches), disliked
+    papers pushing their likes down, into `relevance`."""
+    feedback = _Feedback({}, {}, None)
+    hybrid = corpus.lexical is not None
+    for kind, members in (("liked", feedback.liked), ("disliked", feedback.disliked)):
         owners_list = [i for i, p in enumerate(profiles) if getattr(p, kind)]
         if not owners_list:
             continue
         centroids, groups, embedded = _centroids(
             model,
             [getattr(profiles[i], kind) for i in owners_list],
-            embed=config.feedback_embedding_weight > 0,
+            embed=hybrid or config.feedback_embedding_weight > 0,
             memo=corpus.feedback_rows if model is corpus.model else None,
         )
-        sims = _similarities(
-            model,
-            corpus,
-            centroids,
-            config,
-            expand=kind == "liked",
-            embedded=embedded,
-            embedding_weight=config.feedback_embedding_weight,
-        )
+        if hybrid and embedded is not None and corpus.embedded_t is not None:
+            sims = fuse(
+                embedded @ corpus.embedded_t,
+                (centroids @ corpus.vectors_t).toarray(),
+                config.liked_dense_weight,
+            )
+        else:
+            sims = _similarities(
+                model,
+                corpus,
+                centroids,
+                config,
+                expand=kind == "liked",
+                embedded=embedded,
+                embedding_weight=config.feedback_embedding_weight,
+            )
         owners = np.asarray(owners_list)
         members.update(zip(owners_list, groups, strict=True))
         if kind == "liked":
-            # Feedback as a second query (Rocchio): papers like the liked ones count as matches.
             liked_rel = config.liked_weight * sims
             better = liked_rel > relevance[owners]
             relevance[owners] = np.where(better, liked_rel, relevance[owners])
-            liked_won = np.zeros((n_profiles, n_papers), dtype=bool)
-            liked_won[owners] = better
+            feedback.liked_won = np.zeros(relevance.shape, dtype=bool)
+            feedback.liked_won[owners] = better
         else:
             relevance[owners] -= config.disliked_weight * np.maximum(sims, 0.0)
-        del sims
+    return feedback
 
-    # Excluded and already-sent papers are marked in `relevance` itself (-inf, below any
-    # threshold), from their few coordinates: no dense mask per kind.
-    excluded = excluded_mask(papers, profiles, corpus.term_hits).tocoo()
+
+def _block_excluded_and_seen(
+    corpus: PreparedCorpus, profiles: Sequence[Profile], relevance: np.ndarray
+) -> None:
+    """Excluded and already-sent papers are marked in `relevance` itself (-inf, below any
+    threshold), from their few coordinates: no dense mask per kind."""
+    excluded = excluded_mask(corpus.papers, profiles, corpus.term_hits).tocoo()
     relevance[excluded.row, excluded.col] = -np.inf
     for i, profile in enumerate(profiles):
         seen = [corpus.index[pid] for pid in profile.seen if pid in corpus.index]
         if seen:
             relevance[i, seen] = -np.inf
-    blocked = relevance < config.min_relevance
+
+
+def _negated_scores(
+    corpus: PreparedCorpus, config: RankingConfig, relevance: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minus each score (+inf where the paper may not be sent), and how many papers each
+    profile may be sent."""
+    blocked = relevance < threshold
     # Topical credit relative to the profile's best match of the day (floored by the scale), so
     # recency and trending weigh the same against it for every kind of profile. A row's maximum
     # is an allowed paper's whenever it reaches the threshold; else nothing is allowed.
     top_relevance = relevance.max(axis=1, initial=-np.inf)
-    best = np.where(
-        top_relevance >= config.min_relevance, np.maximum(top_relevance, 0.0), 0.0
-    ).astype(relevance.dtype)
+    best = np.where(top_relevance >= threshold, np.maximum(top_relevance, 0.0), 0.0).astype(
+        relevance.dtype
+    )
     scale = np.maximum(best, config.relevance_scale)[:, None]
-    # The scores, negated for the partition below, written in place: these are the chunk's
-    # largest arrays, and each pass over them costs as much as the arithmetic.
+    # Written in place: these are the chunk's largest arrays, and each pass over them costs as
+    # much as the arithmetic.
     topical = np.maximum(relevance, 0.0)
     topical *= config.weight_topic
     topical /= scale
@@ -254,10 +357,15 @@ def _rank_chunk(
     del topical
     np.negative(negated, out=negated)
     np.copyto(negated, np.inf, where=blocked)
-    allowed = n_papers - np.count_nonzero(blocked, axis=1)
-    del blocked
+    allowed = relevance.shape[1] - np.count_nonzero(blocked, axis=1)
+    return negated, allowed
 
-    out: list[list[Pick]] = []
+
+def _best_candidates(
+    corpus: PreparedCorpus, config: RankingConfig, negated: np.ndarray
+) -> list[tuple[list[float], list[int]]]:
+    """Each profile's best papers (minus the score, column), best first, blocked ones cut."""
+    n_profiles, n_papers = negated.shape
     pool = max(config.top_k * 4, config.top_k + 10)
     # Every profile's best `pool` papers in one partition of the whole matrix.
     k_all = min(pool, n_papers)
@@ -276,25 +384,4 @@ def _rank_chunk(
     counts: list[int] = np.isfinite(sorted_values).sum(axis=1).tolist()
     column_lists: list[list[int]] = sorted_columns.tolist()  # type: ignore[assignment]
     value_lists: list[list[float]] = sorted_values.tolist()
-    for i in range(n_profiles):
-        if allowed[i] == 0:
-            out.append([])
-            continue
-        count = counts[i]
-        columns = sorted_columns[i, :count]
-        ordered = list(zip(value_lists[i][:count], column_lists[i][:count], strict=True))
-        labels = _labels(columns, i, first, last, topic_sims, liked_won)
-        picks = _select(ordered, labels, corpus.duplicates, config)
-        out.append(
-            _picks(
-                corpus,
-                profiles[i],
-                picks,
-                relevance[i],
-                labels,
-                topic_labels,
-                liked_members.get(i),
-                disliked_members.get(i),
-            )
-        )
-    return out
+    return [(value_lists[i][: counts[i]], column_lists[i][: counts[i]]) for i in range(n_profiles)]
