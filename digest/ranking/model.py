@@ -116,6 +116,11 @@ class RankingConfig:
     dense_weight: float = 0.7
     liked_dense_weight: float = 0.7
     hybrid_min_relevance: float = 0.2
+    # With sentence embeddings, profiles with liked papers get their own logistic regression
+    # (digest/ranking/preference.py) of this inverse regularisation (0: the liked papers'
+    # centroid instead), against up to `preference_background` of the day's papers.
+    preference_c: float = 1.0
+    preference_background: int = 500
     match_similarity: float = 0.3
     # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
     chunk_profiles: int = 1000

@@ -19,6 +19,7 @@ from digest.ranking.hybrid import fuse
 from digest.ranking.lexical import TopicModel
 from digest.ranking.model import Pick, Profile, RankingConfig, RankPaper
 from digest.ranking.picks import _labels, _picks, _select
+from digest.ranking.preference import fit_preference
 from digest.ranking.signals import excluded_mask
 
 
@@ -293,6 +294,10 @@ def _feedback_relevance(
             memo=corpus.feedback_rows if model is corpus.model else None,
         )
         if hybrid and embedded is not None and corpus.embedded_t is not None:
+            if kind == "liked" and config.preference_c > 0:
+                embedded = _preferences(
+                    corpus, corpus.embedded_t, [profiles[i] for i in owners_list], config
+                )
             sims = fuse(
                 embedded @ corpus.embedded_t,
                 (centroids @ corpus.vectors_t).toarray(),
@@ -385,3 +390,36 @@ def _best_candidates(
     column_lists: list[list[int]] = sorted_columns.tolist()  # type: ignore[assignment]
     value_lists: list[list[float]] = sorted_values.tolist()
     return [(value_lists[i][: counts[i]], column_lists[i][: counts[i]]) for i in range(n_profiles)]
+
+
+def _preferences(
+    corpus: PreparedCorpus,
+    embedded_t: np.ndarray,
+    profiles: Sequence[Profile],
+    config: RankingConfig,
+) -> np.ndarray:
+    """(profiles x dimensions): each profile's own preference direction, learnt from its liked
+    and disliked papers against the day's papers, with its topics as a prior."""
+    n_papers = embedded_t.shape[1]
+    step = max(1, n_papers // max(config.preference_background, 1))
+    background = embedded_t[:, ::step].T
+    model = corpus.model
+    rows = []
+    for profile in profiles:
+        liked = _encode(model, [p.embedding_text for p in profile.liked])
+        disliked = (
+            _encode(model, [p.embedding_text for p in profile.disliked])
+            if profile.disliked
+            else np.zeros((0, background.shape[1]))
+        )
+        topics = [t for t in profile.topics if t.strip()]
+        rows.append(
+            fit_preference(
+                liked,
+                disliked,
+                background,
+                topics=_encode(model, topics) if topics else None,
+                c=config.preference_c,
+            )
+        )
+    return np.vstack(rows)
