@@ -353,3 +353,37 @@ def celery_client(celery_settings: Settings) -> Iterator[Any]:
     app = make_celery(celery_settings)
     yield app
     app.close()
+
+
+# --- the fast lane ---------------------------------------------------------------------------
+
+# A test that starts a process, a server or a browser, or talks to Redis or PostgreSQL, is an
+# integration test: `pytest -m "not integration"` is the fast lane. Marked here from what the
+# test uses, so that a new test on these fixtures cannot forget its mark.
+INTEGRATION_FIXTURES = {
+    "smtp_server",
+    "redis_url",
+    "celery_settings",
+    "celery_client",
+    "postgres_url",
+    "browser",
+    "live",
+}
+# Modules whose every test runs the `digest` command or another process.
+INTEGRATION_MODULES = {
+    "test_cli",
+    "test_quality",
+    "test_rank_cli",
+    "test_browser",
+    "test_ingest_processes",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("db_url") == "postgresql"
+        uses = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if on_postgres or uses & INTEGRATION_FIXTURES or module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)

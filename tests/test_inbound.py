@@ -81,6 +81,7 @@ def cli_env(settings):
     }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["mbox", "maildir"])
 def test_mailto_unsubscribes_are_honoured_and_forged_ones_refused(tmp_path, store, kind):
     settings, engine = store
@@ -146,6 +147,7 @@ def test_mailto_unsubscribes_are_honoured_and_forged_ones_refused(tmp_path, stor
     assert ("bob@example.com", "unsubscribed") in summary.skipped
 
 
+@pytest.mark.integration
 def test_a_path_that_is_no_mailbox_gets_a_clear_error_and_changes_nothing(tmp_path, store):
     settings, engine = store
     (tmp_path / "notes").mkdir()

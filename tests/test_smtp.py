@@ -109,6 +109,7 @@ def test_connection_refused_is_a_temporary_delivery_error():
         assert not exc.permanent and "cannot reach" in str(exc)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extensions", ["chunking", "pipelining"])
 def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp_path, extensions):
     """The benchmark sink (a separate process) offers PIPELINING and CHUNKING, as Postfix does:

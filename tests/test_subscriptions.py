@@ -363,6 +363,7 @@ def test_web_app_refuses_the_default_secret_key_outside_development(tmp_path, en
     assert create_app(dev).config["SECRET_KEY"] == DEV_SECRET_KEY
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("env", "message"),
     [
