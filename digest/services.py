@@ -1,4 +1,4 @@
-"""Where I/O meets the pure parts: store papers, manage subscribers, build and send digests.
+"""Where I/O meets the pure parts: store papers, manage subscribers and subscriptions.
 
 Every function takes its session, settings and `now` as parameters; only the edges (CLI, web,
 Celery tasks) read the clock or build the engine.

@@ -227,7 +227,7 @@ def _mark_sent_for_libpq() -> tuple[bytes, bytes, list[bytes | None], int, int]:
     its text, so a pooled connection never runs an older version under the same name), its
     constant parameters, and the positions of `now` and `delivery_id` among them."""
     compiled = state.MARK_SENT.compile(
-        dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")
+        dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
     )
     names = list(compiled.positiontup or [])
     values = [
