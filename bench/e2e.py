@@ -409,7 +409,7 @@ def run_naive(settings, sample: int, port: int, now: dt.datetime) -> float:
     from sqlalchemy import update
     from sqlmodel import Session, col, select
 
-    from digest import services
+    from digest import digests
     from digest.db import make_engine
     from digest.delivery import CorpusCache
     from digest.models import Delivery, Subscriber
@@ -424,12 +424,12 @@ def run_naive(settings, sample: int, port: int, now: dt.datetime) -> float:
         corpus, papers = CorpusCache().get(
             session=session, settings=settings, digest_date=now.date(), now=now
         )
-        config = services.ranking_config(settings)
+        config = digests.ranking_config(settings)
         start = time.perf_counter()
         for sub in subscribers:
-            (profile,) = services.profiles_for(session=session, subscribers=[sub])
+            (profile,) = digests.profiles_for(session=session, subscribers=[sub])
             (picks,) = rank_prepared(corpus, [profile], config=config)
-            context = services.digest_context(
+            context = digests.digest_context(
                 settings=settings,
                 subscriber=sub,
                 digest_date=now.date(),

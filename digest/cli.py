@@ -14,9 +14,10 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from digest import delivery, services
+from digest import delivery, digests, services
 from digest.config import Settings, get_settings
 from digest.db import create_schema, make_engine, session_scope
+from digest.errors import UserError
 from digest.mailer import FileMailer, Mailer, mailer_for
 from digest.models import Frequency, SubscriberStatus
 
@@ -135,7 +136,7 @@ def _send(
                 progress=progress,
                 on_total=on_total,
             )
-        except services.UserError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
         finally:
             bar = bar_holder.get("bar")
@@ -177,14 +178,14 @@ def preview(app: App, email: str, out: Path | None, date_text: str | None) -> No
     """Write the digest EMAIL would get, as HTML, without sending or recording anything."""
     with app.session() as session:
         try:
-            html, picks, empty = services.preview_digest(
+            html, picks, empty = digests.preview_digest(
                 session=session,
                 settings=app.settings,
                 email=email,
                 now=now_utc(),
                 digest_date=_parse_date(date_text),
             )
-        except services.UserError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
     out = out or Path(f"preview-{email.replace('@', '_at_')}.html")
     out.write_text(html, encoding="utf-8")
@@ -248,7 +249,7 @@ def why(app: App, email: str, date_text: str | None) -> None:
                 now=now_utc(),
                 digest_date=_parse_date(date_text),
             )
-        except services.UserError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
     for line in lines:
         click.echo(line)
@@ -629,7 +630,7 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
 
     papers, bad_papers = read(papers_file, read_rank_papers)
     profiles, bad_profiles = read(profiles_file, read_profiles)
-    config = dataclasses.replace(services.ranking_config(app.settings), top_k=top)
+    config = dataclasses.replace(digests.ranking_config(app.settings), top_k=top)
     model = TopicModel.fit([p.text for p in papers]) if papers else None
     batch = 500
     with click.progressbar(

@@ -23,7 +23,7 @@ from sqlmodel import Session
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from digest import services
+from digest import digests, services
 from digest.config import Settings
 from digest.db import create_schema, make_engine
 from digest.links import signed_link
@@ -391,7 +391,7 @@ def create_app(
         except (InvalidToken, ValueError) as exc:
             return bad_link(exc if isinstance(exc, InvalidToken) else InvalidToken("Bad link."))
         assert subscriber.id is not None
-        html = services.sent_digest_html(
+        html = digests.sent_digest_html(
             session=session(), settings=settings, subscriber_id=subscriber.id, digest_date=day
         )
         if html is None:

@@ -5,9 +5,12 @@ import datetime as dt
 import pytest
 from sqlmodel import Session, select
 
-from digest import delivery, services
+from digest import delivery, digests, services
+from digest.delivery import corpus_cache
+from digest.delivery.store import Claim, delivery_store
 from digest.mailer import FileMailer, RateLimiter
 from digest.models import Delivery, DeliveryState
+from digest.ranking import rank_prepared
 from tests.factories import NOW, make_paper
 
 
@@ -72,24 +75,20 @@ def test_sweeper_finds_lost_planned_rows_and_expired_leases_not_live_ones(engine
         )
         ids = plan.delivery_ids
         # Two are claimed by a worker (leased), two stay planned (their task is queued).
-        claimed = delivery._claim(session=session, delivery_ids=ids[:2], now=NOW, settings=settings)
-        assert claimed == ids[:2]
+        store = delivery_store(session)
+        claimed = store.claim(session, ids[:2], now=NOW, settings=settings)
+        assert claimed.ids == ids[:2]
         soon = NOW + dt.timedelta(seconds=30)
         assert delivery.stuck_deliveries(session=session, settings=settings, now=soon) == []
         # A duplicate task claiming them while the lease runs gets nothing: no double send.
-        assert (
-            delivery._claim(session=session, delivery_ids=ids[:2], now=soon, settings=settings)
-            == []
-        )
+        assert store.claim(session, ids[:2], now=soon, settings=settings).ids == []
         later = NOW + dt.timedelta(minutes=11)
         assert delivery.stuck_deliveries(session=session, settings=settings, now=later) == ids
         # The sweeper touched the planned ones: they are not queued again at once; the rows
         # of the dead worker stay stuck until someone claims them.
         again = later + dt.timedelta(seconds=1)
         assert delivery.stuck_deliveries(session=session, settings=settings, now=again) == ids[:2]
-        assert (
-            delivery._claim(session=session, delivery_ids=ids, now=again, settings=settings) == ids
-        )
+        assert store.claim(session, ids, now=again, settings=settings).ids == ids
 
 
 def test_why_explains_what_was_sent_and_why_nothing_was(engine, db_settings):
@@ -158,12 +157,12 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
         def no_fitting(*args, **kwargs):
             raise AssertionError("prepared again instead of loaded")
 
-        monkeypatch.setattr(delivery, "prepare_corpus", no_fitting)
+        monkeypatch.setattr(corpus_cache, "prepare_corpus", no_fitting)
         second = delivery.CorpusCache(directory=tmp_path / "cache")
         loaded, _ = second.get(
             session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
         )
-        profile = services.profiles_for(
+        profile = digests.profiles_for(
             session=session,
             subscribers=[
                 services.add_subscriber(
@@ -171,8 +170,8 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
                 )
             ],
         )
-        config = services.ranking_config(db_settings)
-        assert delivery.rank_prepared(loaded, profile, config=config) == delivery.rank_prepared(
+        config = digests.ranking_config(db_settings)
+        assert rank_prepared(loaded, profile, config=config) == rank_prepared(
             corpus, profile, config=config
         )
         assert [p.id for p in loaded.papers] == sorted(papers)
@@ -187,7 +186,7 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
         path.write_bytes(b"not a pickle")
         third = delivery.CorpusCache(directory=tmp_path / "cache")
         again, _ = third.get(session=session, settings=db_settings, digest_date=NOW.date(), now=NOW)
-        assert delivery.rank_prepared(again, profile, config=config) == delivery.rank_prepared(
+        assert rank_prepared(again, profile, config=config) == rank_prepared(
             corpus, profile, config=config
         )
 
@@ -235,14 +234,16 @@ def test_sent_marks_are_recorded_on_a_reused_connection_and_errors_surface(engin
             session=session, settings=db_settings, now=NOW, digest_date=NOW.date()
         ).delivery_ids
     later = NOW + dt.timedelta(minutes=3)
+    store = delivery_store(engine)
+    claim = Claim(ids, lease_until=later)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
-        delivery.SentMarker(db)(ids[0], later)
-        # A second marker on the same (pooled) connection finds its statement prepared.
-        delivery.SentMarker(db)(ids[1], later)
+        store.writer(db, claim).mark_sent(ids[0], later)
+        # A second writer on the same (pooled) connection finds its statement prepared.
+        store.writer(db, claim).mark_sent(ids[1], later)
         if db.dialect.name == "postgresql":
             import psycopg
 
-            marker = delivery.SentMarker(db)
+            marker = store.writer(db, claim).mark_sent
             db.exec_driver_sql(
                 "ALTER TABLE delivery ADD CONSTRAINT no_sent CHECK (state <> 'sent') NOT VALID"
             )

@@ -5,7 +5,8 @@ from email import message_from_bytes, policy
 
 from sqlmodel import Session, select
 
-from digest import delivery, services
+from digest import delivery, digests, services
+from digest.envelope import new_message_id, new_message_ids
 from digest.mailer import FileMailer, SMTPConfig, SMTPMailer
 from digest.models import Delivery, DeliveryItem, DeliveryState, SubscriberStatus
 from tests.conftest import free_port
@@ -163,7 +164,7 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
         (row,) = session.exec(select(Delivery)).all()
         assert row.state == DeliveryState.FAILED and row.retry_at is not None
         # The papers of a failed digest do not count as sent.
-        assert services.sent_paper_ids(session=session, subscriber_ids=[row.subscriber_id]) == {
+        assert digests.sent_paper_ids(session=session, subscriber_ids=[row.subscriber_id]) == {
             row.subscriber_id: set()
         }
 
@@ -234,8 +235,8 @@ def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(engine)
             session=session, email="b@example.com", topics=["diffusion models"], now=NOW
         )
         cases = [  # (days ago, state, paper)
-            (services.SEEN_DAYS + 1, DeliveryState.SENT, paper_ids[0]),  # too old to matter
-            (services.SEEN_DAYS, DeliveryState.SENT, paper_ids[1]),
+            (digests.SEEN_DAYS + 1, DeliveryState.SENT, paper_ids[0]),  # too old to matter
+            (digests.SEEN_DAYS, DeliveryState.SENT, paper_ids[1]),
             (1, DeliveryState.FAILED, paper_ids[2]),  # never reached the reader
             (0, DeliveryState.SENDING, paper_ids[3]),  # on its way
         ]
@@ -253,11 +254,9 @@ def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(engine)
                 DeliveryItem(delivery_id=row.id, paper_id=paper_id, rank=1, score=1.0, why="x")
             )
             session.commit()
-        seen = services.sent_paper_ids(
-            session=session, subscriber_ids=[sub.id, other.id], today=DAY
-        )
+        seen = digests.sent_paper_ids(session=session, subscriber_ids=[sub.id, other.id], today=DAY)
         assert seen == {sub.id: {paper_ids[1], paper_ids[3]}, other.id: set()}
-        everything = services.sent_paper_ids(session=session, subscriber_ids=[sub.id])
+        everything = digests.sent_paper_ids(session=session, subscriber_ids=[sub.id])
         assert everything == {sub.id: {paper_ids[0], paper_ids[1], paper_ids[3]}}
 
 
@@ -269,7 +268,7 @@ def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_sett
 
     def entry(paper):
         pick = Pick(paper_id=paper.id, score=1.0, why="w", relevance=1.0, matched="m")
-        context = services.digest_context(
+        context = digests.digest_context(
             settings=db_settings,
             subscriber=Subscriber(id=1, email="r@x.test"),
             digest_date=NOW.date(),
@@ -320,9 +319,7 @@ def _envelope(message_id):
 def test_message_ids_are_unique_and_well_formed():
     import re
 
-    ids = services.new_message_ids("digest.example", 5000) + [
-        services.new_message_id("digest.example")
-    ]
+    ids = new_message_ids("digest.example", 5000) + [new_message_id("digest.example")]
     assert len(set(ids)) == len(ids) == 5001
     assert all(re.fullmatch(r"<[0-9a-f]{32}\.digest@digest\.example>", m) for m in ids)
 

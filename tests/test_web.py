@@ -5,7 +5,7 @@ import re
 import pytest
 from sqlmodel import Session, col, select
 
-from digest import services
+from digest import digests, services
 from digest.mailer import SMTPConfig, SMTPMailer
 from digest.models import Feedback, Paper, Subscriber, SubscriberStatus
 from digest.tokens import Purpose, make_token
@@ -244,7 +244,7 @@ def test_the_votes_links_of_a_rendered_digest_record_their_own_paper(
     with Session(engine) as session:
         papers = {p.id: p for p in session.exec(select(Paper)).all()}
     picks = [Pick(pid, 1.0, "matches", 1.0, "diffusion models") for pid in sorted(papers)]
-    context = services.digest_context(
+    context = digests.digest_context(
         settings=db_settings,
         subscriber=active,
         digest_date=NOW.date(),
