@@ -36,10 +36,14 @@ def release_freed_memory() -> None:
 
 # Part of a cached corpus's file name: a new PreparedCorpus layout, or new ranking code, never
 # loads a corpus prepared by another.
-CORPUS_FORMAT = (
-    2,
-    hashlib.sha256(Path(ranking.__file__).read_bytes()).hexdigest()[:16],
-)
+def _ranking_code_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(ranking.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CORPUS_FORMAT = (2, _ranking_code_hash())
 
 
 class CorpusCache:
