@@ -126,6 +126,22 @@ def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
     assert outbox_messages(db_settings) == []
 
 
+def test_an_empty_store_is_a_normal_day_with_a_reason(engine, db_settings):
+    mailer = FileMailer(db_settings.outbox_dir)
+    with Session(engine) as session:
+        services.add_subscriber(
+            session=session, email="a@example.com", topics=["protein folding"], now=NOW
+        )
+        summary = delivery.send_due_digests(
+            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+        )
+        (row,) = session.exec(select(Delivery)).all()
+    assert summary.sent == [] and summary.failed == []
+    assert summary.skipped == [("a@example.com", "no candidate papers from the last 7 days")]
+    assert row.state == DeliveryState.SKIPPED
+    assert outbox_messages(db_settings) == []
+
+
 def test_dry_run_sends_and_records_nothing(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
