@@ -37,6 +37,7 @@ class Bm25:
         df = np.bincount(counts.indices, minlength=counts.shape[1]).astype(np.float64)
         # The "plus one" form (Lucene's): never negative for terms in most documents.
         self.idf = np.log1p((n - df + 0.5) / (df + 0.5))
+        self.unseen_idf = float(np.log1p((n + 0.5) / 0.5))
         lengths = np.asarray(counts.sum(axis=1)).ravel()
         norm = k1 * (1.0 - b + b * lengths / max(float(lengths.mean()) if n else 1.0, 1e-9))
         weights = counts.astype(np.float64).tocoo()
@@ -50,7 +51,20 @@ class Bm25:
         present = self.vectorizer.transform(list(queries)).tocsr()
         present.data[:] = 1.0
         raw = (present @ self.weights_t).toarray()
-        ceiling = present @ (self.idf * (self.k1 + 1.0))
+        # The ceiling counts every word of the query, those no candidate has too (at the idf of
+        # a word in no document): "robot learning" over papers that never say "robot" is at
+        # most half a match, not a full one for "learning".
+        analyze = self.vectorizer.build_analyzer()
+        vocabulary = self.vectorizer.vocabulary_
+        ceiling = np.array(
+            [
+                sum(
+                    self.idf[vocabulary[w]] if w in vocabulary else self.unseen_idf
+                    for w in set(analyze(q))
+                )
+                for q in queries
+            ]
+        ) * (self.k1 + 1.0)
         return np.divide(raw, ceiling[:, None], out=np.zeros_like(raw), where=ceiling[:, None] > 0)
 
 
