@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlmodel import SQLModel
 
-from digest import services
+from digest import paperstore
 from digest.db import create_schema, make_engine, session_scope
 from digest.papers import PaperIn, read_papers
 
@@ -36,7 +36,7 @@ def orm_import(session, lines, now) -> tuple[int, int, int]:
     new = updated = unchanged = 0
     papers = (p for p in read_papers(lines) if isinstance(p, PaperIn))
     while batch := list(itertools.islice(papers, 2000)):
-        result = services.upsert_papers(session=session, papers=batch, now=now)
+        result = paperstore.upsert_papers(session=session, papers=batch, now=now)
         new, updated, unchanged = (
             new + result.new,
             updated + result.updated,
@@ -46,7 +46,7 @@ def orm_import(session, lines, now) -> tuple[int, int, int]:
 
 
 def bulk_import(session, lines, now) -> tuple[int, int, int]:
-    report = services.import_papers(session=session, lines=lines, now=now)
+    report = paperstore.import_papers(session=session, lines=lines, now=now)
     return report.new, report.updated, report.unchanged
 
 

@@ -11,14 +11,19 @@ from pathlib import Path
 from typing import IO
 
 import click
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from digest import delivery, services
+from digest import delivery, paperstore, services
+from digest import subscribers as subscriber_store
 from digest.config import Settings, get_settings
 from digest.db import create_schema, make_engine, session_scope
+from digest.errors import UserError
+from digest.ingestion import describe_run, ingest_sources
 from digest.mailer import FileMailer, Mailer, mailer_for
-from digest.models import Frequency, SubscriberStatus
+from digest.models import Frequency, Run, SubscriberStatus
+from digest.runs import last_runs
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_TOPICS = ("diffusion models", "large language model reasoning", "robot learning")
@@ -65,7 +70,7 @@ def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
     try:
         settings = get_settings()
-    except ValueError as exc:
+    except ValidationError as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
     ctx.obj = App(settings)
 
@@ -135,7 +140,7 @@ def _send(
                 progress=progress,
                 on_total=on_total,
             )
-        except services.UserError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
         finally:
             bar = bar_holder.get("bar")
@@ -159,7 +164,7 @@ def send(app: App, email: str | None, date_text: str | None, dry_run: bool) -> N
     summary = _send(app, email=email, date=_parse_date(date_text), dry_run=dry_run)
     print_summary(summary, verbose=len(summary.sent) + len(summary.skipped) <= 50)
     if app.settings.mailer == "file" and summary.sent and not dry_run:
-        click.echo(f"Messages are in {services.outbox_path(app.settings)}")
+        click.echo(f"Messages are in {app.settings.outbox_dir.resolve()}")
     if summary.failed:
         sys.exit(1)
 
@@ -184,7 +189,7 @@ def preview(app: App, email: str, out: Path | None, date_text: str | None) -> No
                 now=now_utc(),
                 digest_date=_parse_date(date_text),
             )
-        except services.UserError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
     out = out or Path(f"preview-{email.replace('@', '_at_')}.html")
     out.write_text(html, encoding="utf-8")
@@ -204,11 +209,11 @@ def demo(app: App, email: str, topics: tuple[str, ...]) -> None:
     settings = app.settings
     now = now_utc()
     with app.session() as session:
-        report = services.load_seeds(session=session, settings=settings, now=now)
+        report = paperstore.load_seeds(session=session, settings=settings, now=now)
         click.echo(f"Seed papers: {report.new} new, {report.read - report.new} already stored.")
         # The demo starts its subscriber afresh each run, so each run shows a whole digest.
-        services.remove_subscriber(session=session, email=email)
-        subscriber = services.add_subscriber(
+        subscriber_store.remove_subscriber(session=session, email=email)
+        subscriber = subscriber_store.add_subscriber(
             session=session,
             email=email,
             topics=topics or DEMO_TOPICS,
@@ -248,7 +253,7 @@ def why(app: App, email: str, date_text: str | None) -> None:
                 now=now_utc(),
                 digest_date=_parse_date(date_text),
             )
-        except services.UserError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
     for line in lines:
         click.echo(line)
@@ -268,7 +273,7 @@ def _elapsed(delta: dt.timedelta) -> str:
 def status(app: App, limit: int) -> None:
     """The last runs (ingest, plan, send) and the deliveries of the last digest dates."""
     with app.session() as session:
-        runs = services.last_runs(session=session, limit=limit)
+        runs = last_runs(session=session, limit=limit)
     if not runs:
         click.echo("No runs yet.")
     now = now_utc()
@@ -279,8 +284,6 @@ def status(app: App, limit: int) -> None:
             # A run whose process died never records its end: say for how long it has run.
             state = f"running for {_elapsed(now - run.started_at)}"
         if run.kind == "ingest" and "requests" in run.summary:
-            from digest.ingestion import describe_run
-
             first, *rest = describe_run(run)
             click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {first}")
             for line in rest:
@@ -321,35 +324,37 @@ def ingest(
 ) -> None:
     """Fetch papers from the sources now, store them, and say what came in and why not."""
     from digest.config import ARXIV_CATEGORY
-    from digest.ingestion import describe_run, ingest_source
 
     for category in categories:
         if not ARXIV_CATEGORY.match(category):
             raise click.BadParameter(f"{category!r} is not an arXiv category like cs.LG")
-    day = _parse_date(date_text)
-    failed = False
-    with app.session() as session:
-        for source in sources or app.settings.ingest_sources:
-            if source == "arxiv":
-                click.echo(
-                    "arXiv: one request every "
-                    f"{app.settings.arxiv_delay_seconds:g} s, as its terms ask...",
-                    err=True,
-                )
-            run = ingest_source(
-                session=session,
-                settings=app.settings,
-                source=source,
-                now=now_utc(),
-                day=day,
-                categories=categories or None,
+
+    def on_start(source: str) -> None:
+        if source == "arxiv":
+            click.echo(
+                f"arXiv: one request every {app.settings.arxiv_delay_seconds:g} s, "
+                "as its terms ask...",
+                err=True,
             )
-            first, *rest = describe_run(run)
-            click.echo(f"{run.status}: {first}")
-            for line in rest:
-                click.echo(f"  {line}")
-            failed = failed or run.status == "failed"
-    if failed:
+
+    def on_done(run: Run) -> None:
+        first, *rest = describe_run(run)
+        click.echo(f"{run.status}: {first}")
+        for line in rest:
+            click.echo(f"  {line}")
+
+    with app.session() as session:
+        runs = ingest_sources(
+            session=session,
+            settings=app.settings,
+            clock=now_utc,
+            sources=sources or None,
+            day=_parse_date(date_text),
+            categories=categories or None,
+            on_start=on_start,
+            on_done=on_done,
+        )
+    if any(run.status == "failed" for run in runs):
         sys.exit(1)
 
 
@@ -385,7 +390,7 @@ def subscribers_add(
     """Add a confirmed subscriber (admin path: no confirmation email)."""
     with app.session() as session:
         try:
-            subscriber = services.add_subscriber(
+            subscriber = subscriber_store.add_subscriber(
                 session=session,
                 email=email,
                 topics=topics,
@@ -397,7 +402,7 @@ def subscribers_add(
                 frequency=Frequency.WEEKLY if weekly is not None else Frequency.DAILY,
                 weekly_day=weekly or 0,
             )
-        except ValueError as exc:
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"{subscriber.email} ({subscriber.status}): {', '.join(subscriber.topics)}")
 
@@ -407,7 +412,7 @@ def subscribers_add(
 def subscribers_list(app: App) -> None:
     """Every subscriber with status, schedule and topics."""
     with app.session() as session:
-        rows = services.list_subscribers(session=session)
+        rows = subscriber_store.list_subscribers(session=session)
     if not rows:
         click.echo("No subscribers.")
     for s in rows:
@@ -422,8 +427,8 @@ def subscribers_remove(app: App, email: str) -> None:
     """Delete a subscriber and their delivery history."""
     with app.session() as session:
         try:
-            removed = services.remove_subscriber(session=session, email=email)
-        except services.UserError as exc:
+            removed = subscriber_store.remove_subscriber(session=session, email=email)
+        except UserError as exc:
             raise click.ClickException(str(exc)) from exc
     if not removed:
         _fail(f"No subscriber with address {email}.")
@@ -459,7 +464,7 @@ def papers_import(app: App, file: Path) -> None:
                 bar.update(raw.tell() - done)
                 done = raw.tell()
 
-            report = services.import_papers(
+            report = paperstore.import_papers(
                 session=session, lines=handle, now=now_utc(), progress=progress
             )
             bar.update(file.stat().st_size - done)
@@ -481,7 +486,7 @@ def papers_export(app: App, out: IO[str]) -> None:
     from digest.papers import write_papers
 
     with app.session() as session:
-        count = write_papers(services.export_papers(session=session), out)  # type: ignore[arg-type]
+        count = write_papers(paperstore.export_papers(session=session), out)  # type: ignore[arg-type]
     click.echo(f"{count} papers exported", err=True)
 
 
@@ -495,7 +500,7 @@ def seeds() -> None:
 def seeds_load(app: App) -> None:
     """Load the bundled seed papers into the store."""
     with app.session() as session:
-        report = services.load_seeds(session=session, settings=app.settings, now=now_utc())
+        report = paperstore.load_seeds(session=session, settings=app.settings, now=now_utc())
     click.echo(f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged")
 
 

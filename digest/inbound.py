@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlmodel import Session
 
 from digest.models import Subscriber, SubscriberStatus
-from digest.services import unsubscribe
+from digest.subscribers import unsubscribe
 from digest.tokens import InvalidToken, Purpose, read_token
 
 # An itsdangerous URL-safe timed token: payload.timestamp.signature, base64url parts.
