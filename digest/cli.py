@@ -12,6 +12,7 @@ from typing import IO
 
 import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -70,7 +71,7 @@ def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
     try:
         settings = get_settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
     ctx.obj = App(settings)
 

@@ -257,7 +257,8 @@ class TopicModel:
 
     def nearest(self, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Each latent row's `count` nearest corpus papers, nearest first: (indices, cosines)."""
-        assert self.documents is not None
+        if self.documents is None:
+            raise RuntimeError("nearest() needs a model fitted with its documents")
         count = min(count, self.documents.shape[0])
         index = np.empty((len(vectors), count), dtype=np.int64)
         cosine = np.empty((len(vectors), count), dtype=np.float64)
@@ -591,7 +592,8 @@ def prepare_corpus(
         else:
             vectors = model.transform([p.text for p in papers])
             find_duplicates(vectors)
-        assert duplicates is not None
+        if duplicates is None:
+            raise RuntimeError("the TF-IDF rows never reached the duplicate search")
         pairs = duplicates.result()
     semantic = model.semantic(vectors)
     neighbours = None
@@ -618,7 +620,8 @@ def prepare_corpus(
 
 
 def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
-    assert model.encoder is not None
+    if model.encoder is None:
+        raise RuntimeError("_encode() needs a model with an encoder")
     return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))
 
 
