@@ -14,7 +14,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, formataddr
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -112,8 +112,7 @@ class Mail:
     canonical: bool = False
 
     def message(self) -> EmailMessage:
-        # policy.default makes EmailMessage objects.
-        return cast(EmailMessage, message_from_bytes(self.data, policy=policy.default))
+        return message_from_bytes(self.data, policy=policy.default)
 
     def __getitem__(self, name: str) -> str | None:
         value = self.headers().get(name)

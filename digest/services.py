@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.db import one_of
-from digest.errors import UserError
+from digest.errors import UserError as UserError  # and for delivery.py, until it imports it
 from digest.links import signed_link
 from digest.models import (
     Delivery,
@@ -28,7 +28,7 @@ from digest.models import (
     Paper,
     Subscriber,
 )
-from digest.paperstore import candidate_papers
+from digest.paperstore import candidate_papers as candidate_papers  # also read by delivery.py
 from digest.ranking import Pick, Profile, RankingConfig, RankPaper, rank_papers
 from digest.render import (
     DigestContext,
@@ -39,7 +39,7 @@ from digest.render import (
     short_summary,
 )
 from digest.schedule import local_date
-from digest.subscribers import get_subscriber
+from digest.subscribers import get_subscriber as get_subscriber  # also read by delivery.py
 from digest.subscribers import normalize_email as normalize_email  # delivery.py reads it here
 from digest.tokens import Purpose, make_token
 

@@ -128,7 +128,7 @@ def papers_export(app: App, out: IO[str]) -> None:
     from digest.papers import write_papers
 
     with app.session() as session:
-        count = write_papers(paperstore.export_papers(session=session), out)  # type: ignore[arg-type]
+        count = write_papers(paperstore.export_papers(session=session), out)
     click.echo(f"{count} papers exported", err=True)
 
 
@@ -197,7 +197,7 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
         good: list[Any] = []
         bad: list[BadLine] = []
         try:
-            with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+            with opener(path, "rt", encoding="utf-8") as handle:
                 for item in reader(handle):
                     (bad if isinstance(item, BadLine) else good).append(item)
         except (UnicodeDecodeError, OSError) as exc:
