@@ -59,6 +59,43 @@ def test_the_same_id_twice_in_one_input_is_one_paper(engine):
         assert session.get(Paper, "2606.00009").upvotes == 5
 
 
+def test_one_merge_rule_for_the_same_id_in_one_input_and_in_the_store(engine):
+    """Twice in one input folds exactly as a later sighting folds into the stored paper."""
+
+    def sightings(paper_id):
+        first = make_paper(
+            id=paper_id,
+            abstract="A long abstract that says a lot.",
+            url="https://example.org/first",
+            categories=["cs.LG"],
+            upvotes=1,
+            source="hf",
+        )
+        later = make_paper(
+            id=paper_id,
+            abstract="Short.",
+            url="https://example.org/later",
+            categories=["cs.CL"],
+            upvotes=7,
+            source="arxiv",
+        )
+        return first, later
+
+    with Session(engine) as session:
+        paperstore.upsert_papers(session=session, now=NOW, papers=sightings("2606.00011"))
+        first, later = sightings("2606.00012")
+        paperstore.upsert_papers(session=session, now=NOW, papers=[first])
+        paperstore.upsert_papers(session=session, now=NOW, papers=[later])
+    with Session(engine) as session:
+        for paper_id in ("2606.00011", "2606.00012"):
+            paper = session.get(Paper, paper_id)
+            assert paper.abstract == "A long abstract that says a lot."  # the longer one
+            assert paper.url == "https://example.org/first"  # the first known
+            assert paper.categories == ["cs.LG", "cs.CL"]  # united
+            assert paper.upvotes == 7  # the latest count
+            assert paper.sources == ["hf", "arxiv"]
+
+
 def test_one_delivery_per_subscriber_per_date(engine):
     with Session(engine) as session:
         sub = subscribers.add_subscriber(
