@@ -220,7 +220,7 @@ def populate(settings, papers, subscribers: int, now: dt.datetime, seed: int) ->
     from sqlalchemy import insert
     from sqlmodel import Session
 
-    from digest import services
+    from digest import paperstore
     from digest.db import create_schema, make_engine
     from digest.models import Subscriber
 
@@ -228,7 +228,7 @@ def populate(settings, papers, subscribers: int, now: dt.datetime, seed: int) ->
     create_schema(engine)
     rng = random.Random(seed)
     with Session(engine) as session:
-        services.upsert_papers(session=session, papers=papers, now=now)
+        paperstore.upsert_papers(session=session, papers=papers, now=now)
         rows = []
         for i in range(subscribers):
             rows.append(

@@ -1,5 +1,6 @@
-"""Benchmark: importing a JSON Lines paper corpus, the ORM upsert (the baseline) against the bulk
-path `digest papers import` uses, each into a fresh store, twice (new papers, then all known).
+"""Benchmark: importing a JSON Lines paper corpus, upsert_papers on parsed batches (the baseline)
+against the streamed import `digest papers import` uses, each into a fresh store, twice (new papers,
+then all known). Both now write through paperstore's one bulk path (the ORM upsert is gone).
 
     .venv/bin/python bench/import_corpus.py PATH/arxiv-daily-2025-03-18_2026-07-01.jsonl.gz \
         [--limit N] [--postgres postgresql://postgres@127.0.0.1:5432/test]
@@ -24,19 +25,19 @@ from pathlib import Path
 
 from sqlmodel import SQLModel
 
-from digest import services
+from digest import paperstore
 from digest.db import create_schema, make_engine, session_scope
 from digest.papers import PaperIn, read_papers
 
 NOW = dt.datetime(2026, 7, 2, tzinfo=dt.UTC)
 
 
-def orm_import(session, lines, now) -> tuple[int, int, int]:
-    """The import as it was: ORM upserts in batches of 2000."""
+def batch_upsert(session, lines, now) -> tuple[int, int, int]:
+    """paperstore.upsert_papers on batches of 2000 parsed papers."""
     new = updated = unchanged = 0
     papers = (p for p in read_papers(lines) if isinstance(p, PaperIn))
     while batch := list(itertools.islice(papers, 2000)):
-        result = services.upsert_papers(session=session, papers=batch, now=now)
+        result = paperstore.upsert_papers(session=session, papers=batch, now=now)
         new, updated, unchanged = (
             new + result.new,
             updated + result.updated,
@@ -46,7 +47,7 @@ def orm_import(session, lines, now) -> tuple[int, int, int]:
 
 
 def bulk_import(session, lines, now) -> tuple[int, int, int]:
-    report = services.import_papers(session=session, lines=lines, now=now)
+    report = paperstore.import_papers(session=session, lines=lines, now=now)
     return report.new, report.updated, report.unchanged
 
 
@@ -100,10 +101,10 @@ def main() -> None:
     print(f"{len(lines)} lines from {args.corpus.name}")
     for kind in ["sqlite"] + (["postgresql"] if args.postgres else []):
         runs = {}
-        for name, method in (("orm upsert (baseline)", orm_import), ("bulk", bulk_import)):
+        for name, method in (("upsert batches (baseline)", batch_upsert), ("bulk", bulk_import)):
             with fresh_store(kind, args.postgres) as url:
                 runs[name] = timed(url, lines, method)
-        base = runs["orm upsert (baseline)"]
+        base = runs["upsert batches (baseline)"]
         for name, results in runs.items():
             for (wall, cpu, counts), (base_wall, base_cpu, _), label in zip(
                 results, base, ("first import", "second import"), strict=True

@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
 from sqlmodel import Session
 
-from digest import services
+from digest import subscribers
 from digest.config import Settings
 from digest.db import create_schema, make_engine
 from digest.mailer import SMTPConfig, SMTPMailer
@@ -45,7 +45,7 @@ def main() -> None:
         create_schema(engine)
         with Session(engine) as session:
             for n in range(args.requests):
-                services.add_subscriber(
+                subscribers.add_subscriber(
                     session=session,
                     email=f"known{n}@example.com",
                     topics=["robots"],

@@ -21,6 +21,7 @@ from digest.db import one_of
 from digest.errors import UserError
 from digest.links import signed_link
 from digest.models import Delivery, DeliveryItem, DeliveryState, Feedback, Paper, Subscriber
+from digest.paperstore import candidate_papers
 from digest.ranking import Pick, Profile, RankingConfig, RankPaper, rank_papers
 from digest.render import (
     DigestContext,
@@ -30,7 +31,7 @@ from digest.render import (
     short_summary,
 )
 from digest.schedule import local_date
-from digest.services import candidate_papers, get_subscriber
+from digest.subscribers import get_subscriber
 from digest.tokens import Purpose, make_token
 
 

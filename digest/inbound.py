@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlmodel import Session
 
 from digest.models import Subscriber, SubscriberStatus
-from digest.services import unsubscribe
+from digest.subscribers import unsubscribe
 from digest.tokens import InvalidToken, Purpose, read_token
 
 # An itsdangerous URL-safe timed token: payload.timestamp.signature, base64url parts.
@@ -130,12 +130,11 @@ def _process_one(
             continue
         sid = payload.get("s")
         subscriber = session.get(Subscriber, sid) if isinstance(sid, int) else None
-        if subscriber is None:
+        if subscriber is None or subscriber.id is None:
             reason = "token names no known subscriber (removed?)"
             continue
         if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
             return Outcome(key, sender, "already unsubscribed", email=subscriber.email)
-        assert subscriber.id is not None
         unsubscribe(session=session, subscriber_id=subscriber.id, now=now)
         return Outcome(key, sender, "unsubscribed", email=subscriber.email)
     return Outcome(key, sender, "refused", reason)

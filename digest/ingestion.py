@@ -12,8 +12,10 @@ from typing import Any
 from sqlmodel import Session
 
 from digest.config import Settings
+from digest.errors import UserError
 from digest.models import Run
 from digest.papers import PaperIn
+from digest.paperstore import load_seeds, upsert_papers
 from digest.sources import BadResponse, ParseResult
 from digest.sources.arxiv import (
     fetch_arxiv_api,
@@ -166,10 +168,8 @@ def ingest_source(
     clock: Callable[[], float] = time.monotonic,
 ) -> Run:
     """Fetch one source, store what could be read, and record the run; never deletes papers."""
-    from digest import services
-
     if source not in SOURCES:
-        raise services.UserError(f"Unknown source {source!r}; choose one of {', '.join(SOURCES)}.")
+        raise UserError(f"Unknown source {source!r}; choose one of {', '.join(SOURCES)}.")
     categories = list(categories or settings.arxiv_categories)
     run = Run(kind="ingest", started_at=now, summary={"source": source})
     session.add(run)
@@ -181,7 +181,7 @@ def ingest_source(
         summary["categories"] = categories
 
     if source == "seeds":
-        report = services.load_seeds(session=session, settings=settings, now=now)
+        report = load_seeds(session=session, settings=settings, now=now)
         collected = Collected(requests=0)
         summary.update(
             fetched=report.read,
@@ -205,7 +205,7 @@ def ingest_source(
             session.add(run)
             session.commit()
             raise
-        result = services.upsert_papers(session=session, papers=collected.papers, now=now)
+        result = upsert_papers(session=session, papers=collected.papers, now=now)
         summary.update(
             fetched=len(collected.papers),
             new=result.new,
@@ -234,6 +234,40 @@ def ingest_source(
     session.add(run)
     session.commit()
     return run
+
+
+def ingest_sources(
+    *,
+    session: Session,
+    settings: Settings,
+    clock: Callable[[], dt.datetime],
+    sources: Sequence[str] | None = None,
+    day: dt.date | None = None,
+    categories: Sequence[str] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[Run], None] | None = None,
+    sleep: Sleep = time.sleep,
+) -> list[Run]:
+    """One recorded run per source (`sources`, or every configured one), each started at
+    `clock()`: what the CLI and the worker's ingest task both do. `on_start` and `on_done`
+    see each source begin and each run end (the CLI reports as it goes)."""
+    runs = []
+    for source in sources or settings.ingest_sources:
+        if on_start is not None:
+            on_start(source)
+        run = ingest_source(
+            session=session,
+            settings=settings,
+            source=source,
+            now=clock(),
+            day=day,
+            categories=categories,
+            sleep=sleep,
+        )
+        runs.append(run)
+        if on_done is not None:
+            on_done(run)
+    return runs
 
 
 def describe_run(run: Run) -> list[str]:

@@ -177,14 +177,16 @@ class SMTPConnection:
         for attempt in (1, 2):
             if not self.is_open:
                 self.open()
-            assert self._smtp is not None
+            smtp = self._smtp
+            if smtp is None:  # open() either connects or raises
+                raise DeliveryError("SMTP connection not open", permanent=False)
             try:
                 if self._chunking:
-                    refused = _chunked(self._smtp, sender, recipient, payload)
+                    refused = _chunked(smtp, sender, recipient, payload)
                 elif self._pipelining:
-                    refused = _pipelined(self._smtp, sender, recipient, payload)
+                    refused = _pipelined(smtp, sender, recipient, payload)
                 else:
-                    refused = self._smtp.sendmail(sender, [recipient], payload)
+                    refused = smtp.sendmail(sender, [recipient], payload)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
                 if attempt == 2:

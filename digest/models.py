@@ -11,10 +11,6 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Stores aware datetimes as UTC and always gives back aware UTC datetimes.
 
@@ -162,10 +158,10 @@ class Feedback(SQLModel, table=True):
 
 
 class Run(SQLModel, table=True):
-    """A record of one ingest or send run, so an operator can ask what happened and why."""
+    """A record of one ingest, plan or send run, so an operator can ask what happened and why."""
 
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(index=True)  # "ingest" or "send"
+    kind: str = Field(index=True)  # "ingest", "plan" or "send"
     started_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     finished_at: dt.datetime | None = _utc_column()
     status: str = "running"  # running, ok, partial, failed

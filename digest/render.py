@@ -112,9 +112,7 @@ class Mail:
     canonical: bool = False
 
     def message(self) -> EmailMessage:
-        parsed = message_from_bytes(self.data, policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
+        return message_from_bytes(self.data, policy=policy.default)
 
     def __getitem__(self, name: str) -> str | None:
         value = self.headers().get(name)

@@ -37,17 +37,6 @@ def not_due_reason(window: SendWindow, digest_date: dt.date) -> str | None:
     return None
 
 
-def due_date(window: SendWindow, now: dt.datetime) -> tuple[dt.date | None, str | None]:
-    """(the local digest date that is due at `now`, None) or (None, why nothing is due)."""
-    local = now.astimezone(zone(window.timezone))
-    reason = not_due_reason(window, local.date())
-    if reason:
-        return None, reason
-    if local.hour < window.send_hour:
-        return None, f"send hour {window.send_hour:02d}:00 {window.timezone} not reached"
-    return local.date(), None
-
-
 def send_moment(day: dt.date, hour: int, timezone: str) -> dt.datetime:
     """The UTC moment of `hour` o'clock local time on `day`.
 

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from digest import delivery, services
+from digest import delivery, paperstore, subscribers
 from digest.config import Settings
 from digest.db import create_schema, make_engine
 from digest.mailer import SMTPConfig, SMTPMailer
@@ -106,7 +106,7 @@ def live(tmp_path: Path, smtp_server: SMTPSink) -> Iterator[Live]:
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        services.load_seeds(session=session, settings=settings, now=dt.datetime.now(dt.UTC))
+        paperstore.load_seeds(session=session, settings=settings, now=dt.datetime.now(dt.UTC))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     env.update(
         {
@@ -263,7 +263,7 @@ def test_subscribe_confirm_preferences_feedback_and_unsubscribe_in_a_browser(bro
 
 def test_one_click_unsubscribe_post_from_the_list_unsubscribe_header(browser, live):
     with Session(live.engine) as session:
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session,
             email="bo@example.com",
             topics=["diffusion models"],
@@ -324,7 +324,7 @@ def test_pages_read_well_on_a_desktop(browser, live):
         assert fits_the_viewport(page)
         shoot(page, "subscribe-desktop.png")
         with Session(live.engine) as session:
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session,
                 email="desk@example.com",
                 topics=["language models", "scaling laws"],

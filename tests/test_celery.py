@@ -5,9 +5,10 @@ import datetime as dt
 import pytest
 from sqlmodel import Session, select
 
-from digest import services
+from digest import paperstore, subscribers
 from digest.db import create_schema, make_engine
-from digest.models import Delivery, DeliveryState
+from digest.models import Delivery, DeliveryState, SubscriberStatus
+from digest.runs import last_runs
 from tests.conftest import start_worker
 from tests.factories import make_paper
 
@@ -18,7 +19,7 @@ def seed_store(settings, now):
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=now,
             papers=[
@@ -30,15 +31,15 @@ def seed_store(settings, now):
                 for i in range(3)
             ],
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="ada@example.com", topics=["diffusion models"], now=now
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session,
             email="gone@example.com",
             topics=["diffusion models"],
             now=now,
-            status=services.SubscriberStatus.PENDING,
+            status=SubscriberStatus.PENDING,
         )
     return engine
 
@@ -80,7 +81,7 @@ def test_planner_task_queues_batches_that_a_worker_sends(
     with Session(engine) as session:
         # Their send hour is this hour, so the planner finds them due now.
         for email in ["ada@example.com"] + [f"r{i}@example.com" for i in range(4)]:
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session,
                 email=email,
                 topics=["diffusion models"],
@@ -92,7 +93,7 @@ def test_planner_task_queues_batches_that_a_worker_sends(
         planned = celery_client.send_task("workers.tasks.plan_due").get(timeout=60)
         assert planned["queued"] == 5
         with Session(engine) as session:
-            (run,) = services.last_runs(session=session, limit=1)
+            (run,) = last_runs(session=session, limit=1)
         assert (run.kind, run.summary["planned"]) == ("plan", 5)
         smtp_server.wait_for(5)
     finally:

@@ -5,11 +5,11 @@ import datetime as dt
 import pytest
 from sqlmodel import Session, select
 
-from digest import delivery, digests, services
+from digest import delivery, digests, paperstore, subscribers
 from digest.delivery import corpus_cache
 from digest.delivery.store import Claim, delivery_store
 from digest.mailer import FileMailer, RateLimiter
-from digest.models import Delivery, DeliveryState
+from digest.models import Delivery, DeliveryState, SubscriberStatus
 from digest.ranking import rank_prepared
 from tests.factories import NOW, make_paper
 
@@ -52,7 +52,7 @@ def test_backoff_doubles_up_to_a_cap():
 
 
 def seed(session):
-    services.upsert_papers(
+    paperstore.upsert_papers(
         session=session,
         now=NOW,
         papers=[
@@ -67,7 +67,7 @@ def test_sweeper_finds_lost_planned_rows_and_expired_leases_not_live_ones(engine
     with Session(engine) as session:
         seed(session)
         for i in range(4):
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session, email=f"s{i}@example.com", topics=["diffusion models"], now=NOW
             )
         plan = delivery.plan_deliveries(
@@ -94,18 +94,18 @@ def test_sweeper_finds_lost_planned_rows_and_expired_leases_not_live_ones(engine
 def test_why_explains_what_was_sent_and_why_nothing_was(engine, db_settings):
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="b@example.com", topics=["protein folding"], now=NOW
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session,
             email="c@example.com",
             topics=["diffusion models"],
             now=NOW,
-            status=services.SubscriberStatus.PENDING,
+            status=SubscriberStatus.PENDING,
         )
         delivery.send_due_digests(
             session=session,
@@ -165,7 +165,7 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
         profile = digests.profiles_for(
             session=session,
             subscribers=[
-                services.add_subscriber(
+                subscribers.add_subscriber(
                     session=session, email="a@example.com", topics=["diffusion models"], now=NOW
                 )
             ],
@@ -227,7 +227,7 @@ def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
 def test_sent_marks_are_recorded_on_a_reused_connection_and_errors_surface(engine, db_settings):
     with Session(engine) as session:
         for i in range(3):
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session, email=f"m{i}@example.com", topics=["diffusion models"], now=NOW
             )
         ids = delivery.plan_deliveries(

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from digest import delivery, services
+from digest import delivery, paperstore
 from digest.db import create_schema, make_engine
 from digest.models import Delivery, DeliveryState, Subscriber, SubscriberStatus
 from tests.conftest import SMTPSink, free_port, make_settings, service_missing, start_worker
@@ -29,7 +29,7 @@ def populate(settings, n: int, now: dt.datetime, *, hour: int | None = None):
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=now,
             papers=[
@@ -199,7 +199,7 @@ def test_refused_addresses_fail_without_retry_and_are_suppressed_the_rest_arrive
     for day in range(3):
         moment = now + dt.timedelta(days=day)
         with Session(engine) as session:
-            services.upsert_papers(
+            paperstore.upsert_papers(
                 session=session,
                 now=moment,
                 papers=[

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from sqlmodel import Session, select
 
-from digest import delivery, services
+from digest import delivery, paperstore, subscribers
 from digest.db import create_schema, make_engine
 from digest.inbound import candidate_tokens
 from digest.mailer import FileMailer
@@ -37,13 +37,13 @@ def store(tmp_path):
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[make_paper(title="Diffusion models at scale", abstract="Diffusion models.")],
         )
         for name in ("ada", "bob", "carl"):
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session, email=f"{name}@example.com", topics=["diffusion models"], now=NOW
             )
         summary = delivery.send_due_digests(
@@ -93,7 +93,7 @@ def test_mailto_unsubscribes_are_honoured_and_forged_ones_refused(tmp_path, stor
         parse_qs(urlsplit(mailto_of(settings, "bob@example.com")).query)["subject"][0]
     ).split()[-1]
     with Session(engine) as session:
-        carl_id = services.get_subscriber(session=session, email="carl@example.com").id
+        carl_id = subscribers.get_subscriber(session=session, email="carl@example.com").id
     carl_good = make_token(SECRET, Purpose.UNSUBSCRIBE, {"s": carl_id})
     messages = [
         request_mail("Ada <ada@example.com>", ada_subject),

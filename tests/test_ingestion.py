@@ -10,9 +10,10 @@ import pytest
 import responses
 from sqlmodel import Session, col, func, select
 
-from digest import services
-from digest.ingestion import describe_run, ingest_source
+from digest import paperstore
+from digest.ingestion import describe_run, ingest_source, ingest_sources
 from digest.models import Paper, Run
+from digest.runs import last_runs
 from digest.sources.arxiv import ARXIV_API_URL, ARXIV_RSS_URL
 from digest.sources.hf import HF_DAILY_PAPERS_URL
 from tests.fake_sources import fixture_bytes
@@ -233,16 +234,15 @@ def test_one_category_down_does_not_stop_the_others_and_requests_keep_the_gap(
     assert clock.request_times == [0.0, 3.0, 6.0]
 
 
-def test_services_ingest_runs_each_configured_source(engine, db_settings, mocked):
+def test_ingest_sources_runs_each_configured_source(engine, db_settings, mocked):
     mocked.get(HF_DAILY_PAPERS_URL, body=fixture_bytes(HF_JUNE))
     settings = db_settings.model_copy(update={"ingest_sources": ["hf", "seeds"]})
     with Session(engine) as session:
-        result = services.ingest(session=session, settings=settings, now=NOW)
-    runs = result["runs"]
-    assert [(r["source"], r["status"]) for r in runs] == [("hf", "ok"), ("seeds", "ok")]
-    assert runs[0]["new"] == 30 and runs[1]["new"] == 119
+        runs = ingest_sources(session=session, settings=settings, clock=lambda: NOW)
+        assert [(r.summary["source"], r.status) for r in runs] == [("hf", "ok"), ("seeds", "ok")]
+        assert runs[0].summary["new"] == 30 and runs[1].summary["new"] == 119
     with Session(engine) as session:
-        assert [r.summary["source"] for r in services.last_runs(session=session)] == [
+        assert [r.summary["source"] for r in last_runs(session=session)] == [
             "seeds",
             "hf",
         ]
@@ -271,9 +271,9 @@ def corpus_lines(n: int = 3) -> list[str]:
 
 def test_import_keeps_first_seen_and_a_second_import_adds_nothing(engine):
     with Session(engine) as session:
-        report = services.import_papers(session=session, lines=corpus_lines(5), now=NOW)
+        report = paperstore.import_papers(session=session, lines=corpus_lines(5), now=NOW)
         assert (report.new, report.updated, report.unchanged) == (5, 0, 0)
-        again = services.import_papers(session=session, lines=corpus_lines(5), now=LATER)
+        again = paperstore.import_papers(session=session, lines=corpus_lines(5), now=LATER)
         assert (again.new, again.updated, again.unchanged) == (0, 0, 5)
     with Session(engine) as session:
         papers = session.exec(select(Paper).order_by(col(Paper.id))).all()
@@ -302,7 +302,7 @@ def test_import_merges_known_ids_with_the_usual_rules(engine, mocked, db_setting
         "{broken",
     ]
     with Session(engine) as session:
-        report = services.import_papers(session=session, lines=lines, now=LATER, batch_size=2)
+        report = paperstore.import_papers(session=session, lines=lines, now=LATER, batch_size=2)
     assert (report.new, report.updated, len(report.bad_lines)) == (2, 1, 1)
     with Session(engine) as session:
         paper = session.get(Paper, known["id"])
@@ -313,12 +313,15 @@ def test_import_merges_known_ids_with_the_usual_rules(engine, mocked, db_setting
 
 
 def test_bulk_insert_leaves_a_row_another_writer_stored_meanwhile_to_the_merge(engine):
-    from digest.bulk import insert_new, new_paper_row
+    from digest.paperstore import insert_new, paper_row
     from tests.factories import make_paper
 
     with Session(engine) as session:
-        services.upsert_papers(session=session, papers=[make_paper(id="2606.00001")], now=NOW)
-        rows = [new_paper_row(make_paper(id=i), NOW) for i in ("2606.00001", "2606.00002")]
+        paperstore.upsert_papers(session=session, papers=[make_paper(id="2606.00001")], now=NOW)
+        rows = [
+            {**paper_row(make_paper(id=i)), "first_seen": NOW, "updated_at": NOW}
+            for i in ("2606.00001", "2606.00002")
+        ]
         assert insert_new(session, rows) == {"2606.00002"}
         session.commit()
         assert session.exec(select(func.count()).select_from(Paper)).one() == 2

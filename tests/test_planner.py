@@ -5,8 +5,8 @@ import datetime as dt
 from freezegun import freeze_time
 from sqlmodel import Session, select
 
-from digest import delivery, services
-from digest.models import Delivery, DeliveryState, Frequency
+from digest import delivery, paperstore, subscribers
+from digest.models import Delivery, DeliveryState, Frequency, SubscriberStatus
 from digest.schedule import SendWindow, latest_due, send_moment
 
 CATCHUP = dt.timedelta(hours=12)
@@ -22,12 +22,12 @@ def now_utc():
 
 def add(session, email, **kw):
     kw.setdefault("topics", ["x"])
-    return services.add_subscriber(session=session, email=email, now=utc(2026, 1, 1), **kw)
+    return subscribers.add_subscriber(session=session, email=email, now=utc(2026, 1, 1), **kw)
 
 
 def planned(session):
     rows = session.exec(select(Delivery).order_by(Delivery.id)).all()
-    emails = {s.id: s.email for s in services.list_subscribers(session=session)}
+    emails = {s.id: s.email for s in subscribers.list_subscribers(session=session)}
     return [(emails[r.subscriber_id], r.digest_date.isoformat()) for r in rows]
 
 
@@ -36,7 +36,7 @@ def test_plans_those_whose_local_hour_has_come(engine, db_settings):
         add(session, "paris@example.com", timezone="Europe/Paris", send_hour=7)
         add(session, "ny@example.com", timezone="America/New_York", send_hour=7)
         add(session, "weekly@example.com", frequency=Frequency.WEEKLY, weekly_day=0)
-        add(session, "pending@example.com", status=services.SubscriberStatus.PENDING)
+        add(session, "pending@example.com", status=SubscriberStatus.PENDING)
         with freeze_time("2026-01-15 06:30:00"):  # a Thursday; 07:30 in Paris, 01:30 in NY
             plan = delivery.plan_deliveries(session=session, settings=db_settings, now=now_utc())
         assert planned(session) == [("paris@example.com", "2026-01-15")]
@@ -131,7 +131,7 @@ def test_unsubscribing_after_planning_is_honoured_before_sending(engine, db_sett
     from tests.factories import make_paper
 
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=utc(2026, 1, 15, 6),
             papers=[
@@ -146,7 +146,7 @@ def test_unsubscribing_after_planning_is_honoured_before_sending(engine, db_sett
         plan = delivery.plan_deliveries(
             session=session, settings=db_settings, now=utc(2026, 1, 15, 7, 5)
         )
-        services.unsubscribe(session=session, subscriber_id=sub.id, now=utc(2026, 1, 15, 7, 6))
+        subscribers.unsubscribe(session=session, subscriber_id=sub.id, now=utc(2026, 1, 15, 7, 6))
         summary = delivery.send_deliveries(
             session=session,
             mailer=FileMailer(db_settings.outbox_dir),

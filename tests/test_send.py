@@ -5,10 +5,10 @@ from email import message_from_bytes, policy
 
 from sqlmodel import Session, select
 
-from digest import delivery, digests, services
+from digest import delivery, digests, paperstore, subscribers
 from digest.envelope import new_message_id, new_message_ids
 from digest.mailer import FileMailer, SMTPConfig, SMTPMailer
-from digest.models import Delivery, DeliveryItem, DeliveryState, SubscriberStatus
+from digest.models import Delivery, DeliveryItem, DeliveryState, Paper, SubscriberStatus
 from tests.conftest import free_port
 from tests.factories import NOW, make_paper
 
@@ -28,7 +28,7 @@ def seed(session, n=12):
             title="Legged robots walk", abstract="Legged robots learn to walk on rough ground."
         )
     )
-    services.upsert_papers(session=session, papers=papers, now=NOW)
+    paperstore.upsert_papers(session=session, papers=papers, now=NOW)
 
 
 def outbox_messages(settings):
@@ -42,7 +42,7 @@ def test_sending_twice_for_the_same_date_sends_nothing_the_second_time(engine, d
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
         first = delivery.send_due_digests(
@@ -61,7 +61,7 @@ def test_the_next_day_never_repeats_a_paper(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
         delivery.send_due_digests(
@@ -84,20 +84,20 @@ def test_unsubscribed_and_unconfirmed_addresses_get_nothing(engine, db_settings)
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        gone = services.add_subscriber(
+        gone = subscribers.add_subscriber(
             session=session, email="gone@example.com", topics=["diffusion models"], now=NOW
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session,
             email="new@example.com",
             topics=["diffusion models"],
             now=NOW,
             status=SubscriberStatus.PENDING,
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="stay@example.com", topics=["diffusion models"], now=NOW
         )
-        services.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
+        subscribers.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
         summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
@@ -113,7 +113,7 @@ def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["protein folding"], now=NOW
         )
         summary = delivery.send_due_digests(
@@ -129,7 +129,7 @@ def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
 def test_an_empty_store_is_a_normal_day_with_a_reason(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["protein folding"], now=NOW
         )
         summary = delivery.send_due_digests(
@@ -146,7 +146,7 @@ def test_dry_run_sends_and_records_nothing(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
         summary = delivery.send_due_digests(
@@ -168,7 +168,7 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
     dead = SMTPMailer(SMTPConfig(host="127.0.0.1", port=free_port(), timeout=2))
     with Session(engine) as session:
         seed(session)
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
         summary = delivery.send_due_digests(
@@ -243,11 +243,11 @@ def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(engine)
 
     with Session(engine) as session:
         seed(session, n=4)
-        paper_ids = sorted(p.id for p in session.exec(select(services.Paper)))
-        sub = services.add_subscriber(
+        paper_ids = sorted(p.id for p in session.exec(select(Paper)))
+        sub = subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
-        other = services.add_subscriber(
+        other = subscribers.add_subscriber(
             session=session, email="b@example.com", topics=["diffusion models"], now=NOW
         )
         cases = [  # (days ago, state, paper)
@@ -371,7 +371,7 @@ def test_a_send_stopped_part_way_is_recorded_as_interrupted_and_keeps_what_was_s
     with Session(engine) as session:
         seed(session)
         for email in ("a@example.com", "b@example.com"):
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session, email=email, topics=["diffusion models"], now=NOW
             )
         try:

@@ -3,7 +3,8 @@
 import pytest
 from sqlmodel import Session
 
-from digest import delivery, services
+from digest import delivery, paperstore, subscribers
+from digest.errors import UserError
 from digest.mailer import DeliveryError, SMTPConfig, SMTPMailer
 from tests.factories import NOW, make_paper
 
@@ -29,7 +30,7 @@ def test_a_batch_of_digests_arrives_over_one_connection(
         SMTPConfig(host=smtp_server.host, port=smtp_server.port, pipelining=pipelining)
     )
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[
@@ -40,10 +41,10 @@ def test_a_batch_of_digests_arrives_over_one_connection(
             ],
         )
         for i in range(5):
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session, email=f"r{i}@example.com", topics=["diffusion models"], now=NOW
             )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="robots@example.com", topics=["legged robots"], now=NOW
         )
         summary = delivery.send_due_digests(
@@ -74,7 +75,7 @@ def test_refused_recipient_is_a_permanent_failure_and_the_rest_arrive(
         SMTPConfig(host=smtp_server.host, port=smtp_server.port, pipelining=pipelining)
     )
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[
@@ -84,13 +85,13 @@ def test_refused_recipient_is_a_permanent_failure_and_the_rest_arrive(
             ],
         )
         for email in ("bad@example.com", "good@example.com"):
-            services.add_subscriber(
+            subscribers.add_subscriber(
                 session=session, email=email, topics=["diffusion models"], now=NOW
             )
         summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=NOW.date()
         )
-        bad = services.get_subscriber(session=session, email="bad@example.com")
+        bad = subscribers.get_subscriber(session=session, email="bad@example.com")
         assert bad.bounce_count == 1
     assert [e for e, _ in summary.sent] == ["good@example.com"]
     ((email, reason),) = summary.failed
@@ -185,9 +186,9 @@ def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp
 def test_addresses_are_stored_in_the_form_plain_smtp_can_send():
     """Internationalised domains in their ASCII (IDNA) form; a non-ASCII local part, which
     would need SMTPUTF8 end to end, refused with the reason."""
-    assert services.normalize_email(" Ana@Exämple.COM ") == "ana@xn--exmple-cua.com"
-    with pytest.raises(services.UserError, match="Internationalized characters before the @"):
-        services.normalize_email("jürgen@example.com")
+    assert subscribers.normalize_email(" Ana@Exämple.COM ") == "ana@xn--exmple-cua.com"
+    with pytest.raises(UserError, match="Internationalized characters before the @"):
+        subscribers.normalize_email("jürgen@example.com")
 
 
 @pytest.mark.parametrize("pipelining", ["never", "always"])

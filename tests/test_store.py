@@ -6,14 +6,15 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from digest import delivery, services
+from digest import delivery, paperstore, subscribers
+from digest.errors import UserError
 from digest.models import Delivery, Paper, Subscriber
 from tests.factories import NOW, make_paper
 
 
 def test_upsert_inserts_then_merges_richer_fields_and_keeps_first_seen(engine):
     with Session(engine) as session:
-        first = services.upsert_papers(
+        first = paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[
@@ -23,7 +24,7 @@ def test_upsert_inserts_then_merges_richer_fields_and_keeps_first_seen(engine):
         )
         assert (first.new, first.updated) == (2, 0)
         later = NOW + dt.timedelta(days=1)
-        second = services.upsert_papers(
+        second = paperstore.upsert_papers(
             session=session,
             now=later,
             papers=[
@@ -49,7 +50,7 @@ def test_upsert_inserts_then_merges_richer_fields_and_keeps_first_seen(engine):
 
 def test_the_same_id_twice_in_one_input_is_one_paper(engine):
     with Session(engine) as session:
-        result = services.upsert_papers(
+        result = paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[make_paper(id="2606.00009", upvotes=1), make_paper(id="2606.00009", upvotes=5)],
@@ -58,9 +59,48 @@ def test_the_same_id_twice_in_one_input_is_one_paper(engine):
         assert session.get(Paper, "2606.00009").upvotes == 5
 
 
+def test_one_merge_rule_for_the_same_id_in_one_input_and_in_the_store(engine):
+    """Twice in one input folds exactly as a later sighting folds into the stored paper."""
+
+    def sightings(paper_id):
+        first = make_paper(
+            id=paper_id,
+            abstract="A long abstract that says a lot.",
+            url="https://example.org/first",
+            categories=["cs.LG"],
+            upvotes=1,
+            source="hf",
+        )
+        later = make_paper(
+            id=paper_id,
+            abstract="Short.",
+            url="https://example.org/later",
+            categories=["cs.CL"],
+            upvotes=7,
+            source="arxiv",
+        )
+        return first, later
+
+    with Session(engine) as session:
+        paperstore.upsert_papers(session=session, now=NOW, papers=sightings("2606.00011"))
+        first, later = sightings("2606.00012")
+        paperstore.upsert_papers(session=session, now=NOW, papers=[first])
+        paperstore.upsert_papers(session=session, now=NOW, papers=[later])
+    with Session(engine) as session:
+        for paper_id in ("2606.00011", "2606.00012"):
+            paper = session.get(Paper, paper_id)
+            assert paper.abstract == "A long abstract that says a lot."  # the longer one
+            assert paper.url == "https://example.org/first"  # the first known
+            assert paper.categories == ["cs.LG", "cs.CL"]  # united
+            assert paper.upvotes == 7  # the latest count
+            assert paper.sources == ["hf", "arxiv"]
+
+
 def test_one_delivery_per_subscriber_per_date(engine):
     with Session(engine) as session:
-        sub = services.add_subscriber(session=session, email="a@example.com", topics=["x"], now=NOW)
+        sub = subscribers.add_subscriber(
+            session=session, email="a@example.com", topics=["x"], now=NOW
+        )
         session.add(
             Delivery(
                 subscriber_id=sub.id,
@@ -84,8 +124,8 @@ def test_one_delivery_per_subscriber_per_date(engine):
 
 def test_emails_are_normalised_and_unique(engine):
     with Session(engine) as session:
-        services.add_subscriber(session=session, email="Ada@Example.COM", topics=["x"], now=NOW)
-        services.add_subscriber(session=session, email="ada@example.com", topics=["y"], now=NOW)
+        subscribers.add_subscriber(session=session, email="Ada@Example.COM", topics=["x"], now=NOW)
+        subscribers.add_subscriber(session=session, email="ada@example.com", topics=["y"], now=NOW)
         rows = list(session.exec(select(Subscriber)))
         assert [(s.email, s.topics) for s in rows] == [("ada@example.com", ["y"])]
 
@@ -93,14 +133,14 @@ def test_emails_are_normalised_and_unique(engine):
 def test_bad_email_is_refused_and_nothing_is_stored(engine):
     with Session(engine) as session:
         for bad in ("not-an-address", "a@b", "x@example.com\r\nBcc: victim@example.com"):
-            with pytest.raises(services.UserError):
-                services.add_subscriber(session=session, email=bad, topics=["x"], now=NOW)
+            with pytest.raises(UserError):
+                subscribers.add_subscriber(session=session, email=bad, topics=["x"], now=NOW)
         assert list(session.exec(select(Subscriber))) == []
 
 
 def test_remove_subscriber_removes_their_history(engine, db_settings):
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[
@@ -109,7 +149,7 @@ def test_remove_subscriber_removes_their_history(engine, db_settings):
                 )
             ],
         )
-        services.add_subscriber(
+        subscribers.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
         from digest.mailer import FileMailer
@@ -122,6 +162,6 @@ def test_remove_subscriber_removes_their_history(engine, db_settings):
             digest_date=NOW.date(),
         )
         assert len(summary.sent) == 1
-        assert services.remove_subscriber(session=session, email="a@example.com")
+        assert subscribers.remove_subscriber(session=session, email="a@example.com")
         assert list(session.exec(select(Delivery))) == []
-        assert not services.remove_subscriber(session=session, email="a@example.com")
+        assert not subscribers.remove_subscriber(session=session, email="a@example.com")

@@ -15,7 +15,8 @@ from freezegun import freeze_time
 from sqlalchemy import event
 from sqlmodel import Session
 
-from digest import delivery, services
+from digest import delivery, paperstore
+from digest import subscribers as subscriber_store
 from digest.config import DEV_SECRET_KEY
 from digest.mailer import FileMailer, SMTPConfig, SMTPMailer
 from digest.models import SubscriberStatus
@@ -101,7 +102,7 @@ def test_subscribe_page_suggests_topics_from_stored_papers(engine, db_settings, 
     app = smtp_app(db_settings, engine, smtp_server)
     assert 'class="suggestions"' not in app.test_client().get("/").get_data(as_text=True)
     with Session(engine) as session:
-        services.load_seeds(session=session, settings=db_settings, now=NOW)
+        paperstore.load_seeds(session=session, settings=db_settings, now=NOW)
     # The suggestions are cached for ten minutes: a fresh app sees the new papers.
     page = smtp_app(db_settings, engine, smtp_server).test_client().get("/").get_data(as_text=True)
     assert 'data-topic="diffusion models"' in page and 'data-topic="scaling laws"' in page
@@ -176,18 +177,20 @@ def test_known_and_unknown_addresses_get_the_same_page_the_same_work_and_one_mai
     engine, db_settings, smtp_server
 ):
     with Session(engine) as session:
-        services.add_subscriber(session=session, email="active@example.com", topics=["x"], now=NOW)
-        services.add_subscriber(
+        subscriber_store.add_subscriber(
+            session=session, email="active@example.com", topics=["x"], now=NOW
+        )
+        subscriber_store.add_subscriber(
             session=session,
             email="pending@example.com",
             topics=["y"],
             now=NOW,
             status=SubscriberStatus.PENDING,
         )
-        gone = services.add_subscriber(
+        gone = subscriber_store.add_subscriber(
             session=session, email="gone@example.com", topics=["z"], now=NOW
         )
-        services.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
+        subscriber_store.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
     before = {e: (s.status, s.topics) for e, s in subscribers(engine).items()}
     client = smtp_app(db_settings, engine, smtp_server).test_client()
     pages, work = [], []
@@ -228,7 +231,7 @@ def test_known_and_unknown_addresses_get_the_same_page_the_same_work_and_one_mai
 
 def test_nothing_is_sent_to_an_unconfirmed_address(engine, db_settings, smtp_server):
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[

@@ -5,7 +5,8 @@ import re
 import pytest
 from sqlmodel import Session, col, select
 
-from digest import digests, services
+from digest import digests, paperstore
+from digest import subscribers as subscriber_store
 from digest.mailer import SMTPConfig, SMTPMailer
 from digest.models import Feedback, Paper, Subscriber, SubscriberStatus
 from digest.tokens import Purpose, make_token
@@ -72,7 +73,9 @@ def test_subscribing_a_known_address_looks_the_same_and_sends_a_fresh_confirmati
 ):
     client = web.test_client()
     with Session(engine) as session:
-        services.add_subscriber(session=session, email="old@example.com", topics=["x"], now=NOW)
+        subscriber_store.add_subscriber(
+            session=session, email="old@example.com", topics=["x"], now=NOW
+        )
     bodies = []
     for email in ("old@example.com", "new@example.com"):
         page = client.get("/").get_data(as_text=True)
@@ -109,7 +112,7 @@ def test_subscribe_without_csrf_token_is_refused(web, engine):
 @pytest.fixture
 def active(engine):
     with Session(engine) as session:
-        services.upsert_papers(
+        paperstore.upsert_papers(
             session=session,
             now=NOW,
             papers=[
@@ -117,7 +120,7 @@ def active(engine):
                 make_paper(id="2606.00002", title="Legged robots", abstract="Quadrupeds."),
             ],
         )
-        return services.add_subscriber(
+        return subscriber_store.add_subscriber(
             session=session, email="a@example.com", topics=["diffusion models"], now=NOW
         )
 

@@ -5,7 +5,7 @@ addresses, topics, schedules and time zones."""
 import pytest
 from sqlmodel import Session, select
 
-from digest import services
+from digest import paperstore, subscribers
 from digest.mailer import SMTPConfig, SMTPMailer
 from digest.models import Delivery, Feedback, Subscriber, SubscriberStatus
 from digest.tokens import Purpose, make_token
@@ -40,15 +40,15 @@ def snapshot(engine):
 def stored(engine):
     """A pending and an active subscriber and a paper: an accepted link would change them."""
     with Session(engine) as session:
-        services.upsert_papers(session=session, now=NOW, papers=[make_paper(id="2606.00042")])
-        pending = services.add_subscriber(
+        paperstore.upsert_papers(session=session, now=NOW, papers=[make_paper(id="2606.00042")])
+        pending = subscribers.add_subscriber(
             session=session,
             email="pending@example.com",
             topics=["robots"],
             now=NOW,
             status=SubscriberStatus.PENDING,
         )
-        active = services.add_subscriber(
+        active = subscribers.add_subscriber(
             session=session, email="active@example.com", topics=["robots"], now=NOW
         )
         return {"pending": pending.id, "active": active.id}
@@ -245,8 +245,8 @@ PREFERENCES_BAD_INPUT = [
     ({"topics": "x" * 101}, "at most 100 characters"),
     ({"topics": "\n".join(f"topic {n}" for n in range(21))}, "At most 20 topics"),
     ({"frequency": "hourly"}, "Frequency must be daily or weekly"),
-    ({"send_hour": "24"}, "Choose a day of the week and an hour"),
-    ({"send_hour": "noon"}, "Please check the form"),
+    ({"send_hour": "24"}, "between 0 and 23"),
+    ({"send_hour": "noon"}, "must be chosen from the list"),
     ({"pause_days": "400"}, "Pause for 0 to 365 days"),
 ]
 

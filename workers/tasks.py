@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from digest import delivery, services
+from digest import delivery
 from digest.config import get_settings
 from digest.db import create_schema, make_engine, session_scope
+from digest.ingestion import ingest_sources
 from digest.mailer import Mailer, mailer_for
 from workers.app import app
 
@@ -49,13 +50,14 @@ def ingest(self: Any, source: str | None = None, day: str | None = None) -> dict
     """
     settings = get_settings()
     with session_scope(_engine()) as session:
-        result = services.ingest(
+        runs = ingest_sources(
             session=session,
             settings=settings,
-            now=_now(),
-            source=source,
+            clock=_now,
+            sources=[source] if source else None,
             day=dt.date.fromisoformat(day) if day else None,
         )
+        result = {"runs": [{"run": r.id, "status": r.status, **r.summary} for r in runs]}
     failed = [run for run in result["runs"] if run["status"] == "failed"]
     if source and failed and self.request.retries < settings.ingest_retries:
         raise self.retry(countdown=settings.ingest_retry_seconds)
@@ -88,9 +90,6 @@ def send_batch(delivery_ids: list[int]) -> dict[str, Any]:
             cache=_corpus_cache,
             clock=_now,
         )
-    # The heap a batch freed is kept for the next batch (the same size again): handing it back
-    # to the OS after every batch cost ~9,000 page faults a batch to take it back. The day's
-    # fit, the one real peak, is released by the corpus cache.
     # Temporary failures come back at their retry time, one task per moment.
     retries: dict[dt.datetime, list[int]] = {}
     for delivery_id, retry_at in summary.retry:

@@ -21,8 +21,8 @@ from digest import ranking
 from digest.config import Settings
 from digest.digests import digest_as_of, ranking_config
 from digest.models import Paper
+from digest.paperstore import candidate_papers
 from digest.ranking import PreparedCorpus, RankPaper, prepare_corpus
-from digest.services import candidate_papers
 
 
 def release_freed_memory() -> None:

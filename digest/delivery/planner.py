@@ -23,7 +23,7 @@ from digest.envelope import message_id_domain, new_message_ids
 from digest.errors import UserError
 from digest.models import Delivery, Subscriber, SubscriberStatus
 from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
-from digest.services import normalize_email
+from digest.subscribers import normalize_email
 
 # A planner run that added this many deliveries refreshes the table's statistics (PostgreSQL),
 # after its first pages and at its end: the senders' queries are planned with them, and

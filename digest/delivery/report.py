@@ -16,7 +16,7 @@ from digest.delivery.planner import Plan, status_reason, window_of
 from digest.errors import UserError
 from digest.models import Delivery, DeliveryItem, DeliveryState, Paper, Run, Subscriber
 from digest.schedule import latest_due, local_date, not_due_reason
-from digest.services import get_subscriber
+from digest.subscribers import get_subscriber
 
 log = logging.getLogger(__name__)
 

@@ -148,7 +148,8 @@ def prepare_corpus(
         else:
             vectors = model.transform([p.text for p in papers])
             find_duplicates(vectors)
-        assert duplicates is not None
+        if duplicates is None:
+            raise RuntimeError("the TF-IDF rows never reached the duplicate search")
         pairs = duplicates.result()
     embedded = None
     if embeddings is not None:
@@ -182,5 +183,6 @@ def prepare_corpus(
 
 
 def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
-    assert model.encoder is not None
+    if model.encoder is None:
+        raise RuntimeError("_encode() needs a model with an encoder")
     return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))

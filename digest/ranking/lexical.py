@@ -136,7 +136,8 @@ class TopicModel:
 
     def nearest(self, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Each latent row's `count` nearest corpus papers, nearest first: (indices, cosines)."""
-        assert self.documents is not None
+        if self.documents is None:
+            raise RuntimeError("nearest() needs a model fitted with its documents")
         count = min(count, self.documents.shape[0])
         index = np.empty((len(vectors), count), dtype=np.int64)
         cosine = np.empty((len(vectors), count), dtype=np.float64)

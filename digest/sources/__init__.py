@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from digest.papers import PaperIn
+from digest.paperstore import merge_row, paper_in, paper_row
 
 
 class BadResponse(ValueError):
@@ -40,17 +41,15 @@ def snippet(text: str, length: int = 80) -> str:
 
 
 def add_unique(result: ParseResult, paper: PaperIn, where: str, seen: dict[str, int]) -> None:
-    """Append `paper`, folding a repeated id into the first occurrence (one paper per id)."""
+    """Append `paper`, folding a repeated id into the first occurrence by the store's merge rule."""
     index = seen.get(paper.id)
     if index is None:
         seen[paper.id] = len(result.papers)
         result.papers.append(paper)
         return
-    first = result.papers[index]
-    richer = {k: v for k, v in paper.model_dump().items() if v not in (None, [], "")}
-    if len(paper.abstract) < len(first.abstract):
-        richer.pop("abstract", None)
-    result.papers[index] = first.model_copy(update=richer)
+    row = paper_row(result.papers[index])
+    merge_row(row, paper_row(paper))
+    result.papers[index] = paper_in(row)
     result.notes.append(f"{where}: duplicate id {paper.id} in the same response, merged into one")
 
 

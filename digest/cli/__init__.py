@@ -1,0 +1,44 @@
+"""The admin command line (`digest`), one module per command group: send (send, preview, demo,
+why), subscribers (subscribers, unsubscribes), papers (ingest, papers, seeds, rank) and admin
+(status, serve)."""
+
+from __future__ import annotations
+
+import click
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from digest.cli import admin, papers, send, subscribers
+from digest.cli.common import App
+from digest.config import get_settings
+
+
+@click.group()
+@click.version_option(package_name="digest")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """digest: each subscriber's research papers, once a day, by email."""
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError) as exc:
+        raise click.ClickException(f"bad settings: {exc}") from exc
+    ctx.obj = App(settings)
+
+
+for command in (
+    send.send,
+    send.preview,
+    send.demo,
+    send.why,
+    admin.status,
+    admin.serve,
+    papers.ingest,
+    papers.papers,
+    papers.seeds,
+    papers.rank,
+    subscribers.subscribers,
+    subscribers.unsubscribes,
+):
+    main.add_command(command)
+
+__all__ = ["main"]

@@ -1,0 +1,59 @@
+"""What every command shares: the App (settings, engine, sessions, mailer), the clock and
+date parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from digest.config import Settings
+from digest.db import create_schema, make_engine, session_scope
+from digest.mailer import Mailer, mailer_for
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class App:
+    """What every command needs: settings, and lazily the engine and the mailer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url)
+            create_schema(self._engine)
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+    def mailer(self) -> Mailer:
+        return mailer_for(self.settings)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def parse_date(value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-06-12") from exc

@@ -1,0 +1,233 @@
+"""Papers: `digest ingest`, `papers import/export`, `seeds load` and `rank`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+
+from digest import digests, paperstore
+from digest.cli.common import App, now_utc, parse_date, pass_app
+from digest.ingestion import describe_run, ingest_sources
+from digest.models import Run
+
+
+@click.command()
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(["hf", "arxiv", "seeds"]),
+    help="Source to ingest (repeatable; default: DIGEST_INGEST_SOURCES).",
+)
+@click.option(
+    "--date",
+    "date_text",
+    metavar="YYYY-MM-DD",
+    help="HF: that day's Daily Papers; arXiv: papers submitted that day (API). "
+    "Default: the latest HF listing and today's arXiv announcements (RSS).",
+)
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="arXiv category (repeatable; default: DIGEST_ARXIV_CATEGORIES).",
+)
+@pass_app
+def ingest(
+    app: App, sources: tuple[str, ...], date_text: str | None, categories: tuple[str, ...]
+) -> None:
+    """Fetch papers from the sources now, store them, and say what came in and why not."""
+    from digest.config import ARXIV_CATEGORY
+
+    for category in categories:
+        if not ARXIV_CATEGORY.match(category):
+            raise click.BadParameter(f"{category!r} is not an arXiv category like cs.LG")
+
+    def on_start(source: str) -> None:
+        if source == "arxiv":
+            click.echo(
+                f"arXiv: one request every {app.settings.arxiv_delay_seconds:g} s, "
+                "as its terms ask...",
+                err=True,
+            )
+
+    def on_done(run: Run) -> None:
+        first, *rest = describe_run(run)
+        click.echo(f"{run.status}: {first}")
+        for line in rest:
+            click.echo(f"  {line}")
+
+    with app.session() as session:
+        runs = ingest_sources(
+            session=session,
+            settings=app.settings,
+            clock=now_utc,
+            sources=sources or None,
+            day=parse_date(date_text),
+            categories=categories or None,
+            on_start=on_start,
+            on_done=on_done,
+        )
+    if any(run.status == "failed" for run in runs):
+        sys.exit(1)
+
+
+@click.group()
+def papers() -> None:
+    """Import and export papers in the JSON Lines paper format."""
+
+
+@papers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_app
+def papers_import(app: App, file: Path) -> None:
+    """Import a .jsonl (or .jsonl.gz) paper file; bad lines are reported, good ones kept."""
+    import gzip
+    import io
+
+    # Progress is measured in bytes of the file as stored, so the file is read only once.
+    with file.open("rb") as raw, app.session() as session:
+        binary = gzip.GzipFile(fileobj=raw) if file.suffix == ".gz" else raw
+        with (
+            io.TextIOWrapper(binary, encoding="utf-8") as handle,
+            click.progressbar(
+                length=file.stat().st_size, label=f"Importing {file.name}", file=sys.stderr
+            ) as bar,
+        ):
+            done = 0
+
+            def progress(_papers: int) -> None:
+                nonlocal done
+                bar.update(raw.tell() - done)
+                done = raw.tell()
+
+            report = paperstore.import_papers(
+                session=session, lines=handle, now=now_utc(), progress=progress
+            )
+            bar.update(file.stat().st_size - done)
+    click.echo(
+        f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{len(report.bad_lines)} bad lines"
+    )
+    for bad in report.bad_lines[:20]:
+        click.echo(f"  line {bad.line_number}: {bad.error}", err=True)
+    if len(report.bad_lines) > 20:
+        click.echo(f"  ... and {len(report.bad_lines) - 20} more", err=True)
+
+
+@papers.command("export")
+@click.option("--out", type=click.File("w", encoding="utf-8"), default="-")
+@pass_app
+def papers_export(app: App, out: IO[str]) -> None:
+    """Write every stored paper as JSON Lines (stdout by default)."""
+    from digest.papers import write_papers
+
+    with app.session() as session:
+        count = write_papers(paperstore.export_papers(session=session), out)
+    click.echo(f"{count} papers exported", err=True)
+
+
+@click.group()
+def seeds() -> None:
+    """The bundled seed papers."""
+
+
+@seeds.command("load")
+@pass_app
+def seeds_load(app: App) -> None:
+    """Load the bundled seed papers into the store."""
+    with app.session() as session:
+        report = paperstore.load_seeds(session=session, settings=app.settings, now=now_utc())
+    click.echo(f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged")
+
+
+@click.command()
+@click.option(
+    "--papers",
+    "papers_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Candidate papers, JSON Lines in the paper format (.jsonl or .jsonl.gz).",
+)
+@click.option(
+    "--profiles",
+    "profiles_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='Profiles, JSON Lines: {"id", "topics", "exclude", "liked", "disliked"}.',
+)
+@click.option("--now", "now_text", metavar="ISO-TIME", help="Rank as of this time (default: now).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000))
+@pass_app
+def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None, top: int) -> None:
+    """Rank PAPERS for each profile: one JSON line per profile on stdout, no database touched.
+
+    Bad lines are reported on stderr and skipped; the exit status is 1 if there were any.
+    """
+    import dataclasses
+    import gzip
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from digest.papers import BadLine
+    from digest.rankfile import read_profiles, read_rank_papers, result_line
+    from digest.ranking import TopicModel, rank_papers
+
+    if now_text is None:
+        now = now_utc()
+    else:
+        try:
+            now = dt.datetime.fromisoformat(now_text.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{now_text!r} is not a time like 2026-06-12T08:00:00Z", param_hint="--now"
+            ) from exc
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.UTC)
+
+    def read(
+        path: Path, reader: Callable[[Iterable[str]], Iterator[Any]]
+    ) -> tuple[list[Any], list[BadLine]]:
+        opener = gzip.open if path.suffix == ".gz" else open
+        good: list[Any] = []
+        bad: list[BadLine] = []
+        try:
+            with opener(path, "rt", encoding="utf-8") as handle:
+                for item in reader(handle):
+                    (bad if isinstance(item, BadLine) else good).append(item)
+        except (UnicodeDecodeError, OSError) as exc:
+            raise click.ClickException(f"cannot read {path}: {exc}") from exc
+        for line in bad:
+            click.echo(f"{path.name} line {line.line_number}: {line.error} (skipped)", err=True)
+        return good, bad
+
+    papers, bad_papers = read(papers_file, read_rank_papers)
+    profiles, bad_profiles = read(profiles_file, read_profiles)
+    config = dataclasses.replace(digests.ranking_config(app.settings), top_k=top)
+    model = TopicModel.fit([p.text for p in papers]) if papers else None
+    batch = 500
+    with click.progressbar(
+        length=len(profiles), label="Ranking", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
+        for start in range(0, len(profiles), batch):
+            chunk = profiles[start : start + batch]
+            ranked = rank_papers(papers, chunk, now=now, config=config, model=model)
+            for profile, picks in zip(chunk, ranked, strict=True):
+                click.echo(result_line(profile, picks))
+            bar.update(len(chunk))
+    click.echo(
+        f"Ranked {len(papers)} papers for {len(profiles)} profiles as of {now.isoformat()}"
+        + (
+            f"; skipped {len(bad_papers)} bad paper and {len(bad_profiles)} bad profile lines"
+            if bad_papers or bad_profiles
+            else ""
+        ),
+        err=True,
+    )
+    if bad_papers or bad_profiles:
+        sys.exit(1)
