@@ -14,9 +14,9 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from digest import delivery, services
+from digest import db, delivery, services
 from digest.config import Settings, get_settings
-from digest.db import create_schema, make_engine, session_scope
+from digest.db import make_engine, session_scope
 from digest.mailer import FileMailer, Mailer, mailer_for
 from digest.models import Frequency, SubscriberStatus
 
@@ -39,7 +39,8 @@ class App:
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = make_engine(self.settings.database_url)
-            create_schema(self._engine)
+            with schema_errors():
+                db.require_current_schema(self._engine)
         return self._engine
 
     @contextmanager
@@ -54,12 +55,21 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
+@contextmanager
+def schema_errors() -> Iterator[None]:
+    """A database not at the code's revision is one line (what to run), not a traceback."""
+    try:
+        yield
+    except db.SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
 @click.group()
-@click.version_option(package_name="digest")
+@click.version_option(package_name="digest-papers-selfhosted")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
@@ -203,6 +213,9 @@ def demo(app: App, email: str, topics: tuple[str, ...]) -> None:
     """Seeds, a demo subscriber, and today's digest written to ./outbox/ as .eml files."""
     settings = app.settings
     now = now_utc()
+    # The demo's own database (the embedded SQLite of a first try) may be upgraded in place.
+    with schema_errors():
+        db.upgrade_schema(make_engine(settings.database_url))
     with app.session() as session:
         report = services.load_seeds(session=session, settings=settings, now=now)
         click.echo(f"Seed papers: {report.new} new, {report.read - report.new} already stored.")
@@ -652,6 +665,52 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     )
     if bad_papers or bad_profiles:
         sys.exit(1)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The database schema: its revision, upgrades and downgrades (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@pass_app
+def db_upgrade(app: App, revision: str) -> None:
+    """Bring the database to REVISION (default: the code's); adopts one made before
+    migrations. Safe to run from several processes at once."""
+    with schema_errors():
+        lines = db.upgrade_schema(make_engine(app.settings.database_url), revision)
+    click.echo("\n".join(lines))
+
+
+@db_group.command("current")
+@pass_app
+def db_current(app: App) -> None:
+    """Print the database's revision; exit 1 when it is not the code's."""
+    status = db.schema_status(make_engine(app.settings.database_url))
+    click.echo(status.describe())
+    if not status.current:
+        sys.exit(1)
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask: a downgrade can drop columns and data.")
+@pass_app
+def db_downgrade(app: App, revision: str, yes: bool) -> None:
+    """Take the database back to REVISION (`base` drops every table)."""
+    if not yes:
+        click.confirm(f"Downgrade to {revision}? Dropped columns lose their data", abort=True)
+    with schema_errors():
+        lines = db.downgrade_schema(make_engine(app.settings.database_url), revision)
+    click.echo("\n".join(lines))
+
+
+@db_group.command("revision")
+@click.option("-m", "--message", required=True, help="What the change is, e.g. 'add paper x'.")
+def db_revision(message: str) -> None:
+    """Write a new revision from the models' differences (run it in a source checkout)."""
+    click.echo(f"wrote {db.new_revision(message)}: read it, then commit it with the models")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from digest import services
 from digest.config import Settings
-from digest.db import create_schema, make_engine
+from digest.db import make_engine, require_current_schema
 from digest.links import signed_link
 from digest.mailer import DeliveryError, Mailer, mailer_for
 from digest.models import Paper, Subscriber, SubscriberStatus
@@ -111,7 +111,7 @@ def create_app(
 
     if engine is None:
         engine = make_engine(settings.database_url)
-        create_schema(engine)
+        require_current_schema(engine)
     if mailer is None:
         mailer = mailer_for(settings)
     db_engine = engine
