@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -291,14 +292,23 @@ def _adoptable(diff: tuple[Any, ...]) -> bool:
     if kind == "remove_index":
         return diff[1].name in baseline.OLD_INDEXES
     if kind == "remove_fk":
-        return diff[1].name in baseline.OLD_FOREIGN_KEY_TABLES
+        return diff[1].table.name in baseline.OLD_FOREIGN_KEY_TABLES
     return False
 
 
 def _describe(diff: tuple[Any, ...]) -> str:
-    kind, rest = diff[0], diff[1:]
-    names = [getattr(item, "name", None) or str(item) for item in rest if item is not None]
-    return f"{kind} {' '.join(map(str, names))}"
+    """A difference in a few words: 'remove_index ix_odd on subscriber'."""
+    kind, item = diff[0], diff[1]
+    if kind.endswith("_table"):
+        return f"{kind} {item.name}"
+    if kind.endswith(("_index", "_constraint")):
+        return f"{kind} {item.name} on {item.table.name}"
+    if kind.endswith("_fk"):
+        columns = ", ".join(c.name for c in item.columns)
+        return f"{kind} {item.table.name} ({columns}) -> {item.referred_table.name}"
+    # add_column/remove_column (schema, table, column) and modify_* (schema, table, column, ...)
+    column = diff[3] if isinstance(diff[3], str) else diff[3].name
+    return f"{kind} {diff[2]}.{column}"
 
 
 def adopt_unversioned(connection: Connection) -> list[str]:
@@ -328,8 +338,8 @@ def adopt_unversioned(connection: Connection) -> list[str]:
         elif diff[0] == "add_table":
             diff[1].create(connection)
             done.append(f"created table {diff[1].name}")
-    dropped_keys = [diff for diff in differences if diff[0] == "remove_fk"]
-    for table_name in sorted({diff[1].name for diff in dropped_keys}):
+    dropped_keys = [diff[1] for diff in differences if diff[0] == "remove_fk"]
+    for table_name in sorted({key.table.name for key in dropped_keys}):
         if connection.dialect.name == "sqlite":
             # SQLite cannot drop a constraint: copy the table into the baseline's definition.
             with operations.batch_alter_table(
@@ -337,9 +347,9 @@ def adopt_unversioned(connection: Connection) -> list[str]:
             ):
                 pass
         else:
-            for diff in dropped_keys:
-                if diff[1].name == table_name:
-                    operations.drop_constraint(diff[2].name, table_name, type_="foreignkey")
+            for key in dropped_keys:
+                if key.table.name == table_name:
+                    operations.drop_constraint(key.name, table_name, type_="foreignkey")
         done.append(f"dropped the foreign keys of {table_name}")
     if connection.dialect.name == "postgresql":
         options = connection.execute(
@@ -368,10 +378,22 @@ def new_revision(message: str) -> Path:
         engine = make_engine(f"sqlite:///{Path(folder) / 'scratch.db'}")
         try:
             upgrade_schema(engine)
+            config = alembic_config()
+            if importlib.util.find_spec("ruff") is not None:
+                # Written in the project's style: sorted imports, formatted.
+                config.set_section_option("post_write_hooks", "hooks", "ruff_fix, ruff_format")
+                for hook, options in (
+                    ("ruff_fix", "check --fix --quiet"),
+                    ("ruff_format", "format"),
+                ):
+                    config.set_section_option("post_write_hooks", f"{hook}.type", "module")
+                    config.set_section_option("post_write_hooks", f"{hook}.module", "ruff")
+                    config.set_section_option(
+                        "post_write_hooks", f"{hook}.options", f"{options} REVISION_SCRIPT_FILENAME"
+                    )
             with engine.connect() as connection:
-                script = command.revision(
-                    alembic_config(connection), message=message, autogenerate=True
-                )
+                config.attributes["connection"] = connection
+                script = command.revision(config, message=message, autogenerate=True)
         finally:
             engine.dispose()
     assert script is not None and not isinstance(script, list)
