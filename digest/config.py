@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from digest.resources import data_dir
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
 ARXIV_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
@@ -41,8 +43,9 @@ class Settings(BaseSettings):
     unsubscribe_mailto: str = "unsubscribe@localhost"
     base_url: str = "http://127.0.0.1:8000"
 
-    seeds_dir: Path = PROJECT_ROOT / "seeds"
-    templates_dir: Path = PROJECT_ROOT / "templates"
+    # Shipped in the wheel, or the checkout's top-level folders (digest.resources).
+    seeds_dir: Path = Field(default_factory=lambda: data_dir("seeds"))
+    templates_dir: Path = Field(default_factory=lambda: data_dir("templates"))
 
     # Ranking.
     digest_size: int = Field(default=10, ge=1, le=100)

@@ -1,18 +1,45 @@
-"""The database engine, schema creation and sessions."""
+"""The database engine and sessions, and its schema: Alembic revisions, run under one lock."""
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import any_, bindparam, event
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import MetaData, any_, bindparam, event, inspect, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, SQLModel, create_engine
 
 from digest import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from digest.errors import DigestError
+from digest.migrations import baseline
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+UPGRADE_HINT = "run `digest db upgrade`"
+# The PostgreSQL advisory lock every digest process takes to change the schema (any constant
+# they agree on; this one spells "digest").
+SCHEMA_LOCK_KEY = 0x646967657374
+_memory_lock = threading.Lock()
+
+
+class SchemaError(DigestError):
+    """The database's schema is not the one this code works with; the message says what to do."""
 
 
 def make_engine(database_url: str) -> Engine:
@@ -45,11 +72,329 @@ def one_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElemen
     return column.in_(values)  # type: ignore[no-any-return]
 
 
-def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
-
-
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+# --- schema: revisions, the lock, adoption of databases made before migrations ----------------
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration, built here instead of read from an alembic.ini: the revisions
+    ship inside the package, and env.py runs them on `connection`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
+    config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The revision the code works with (one head: parallel revisions must be merged)."""
+    head = _scripts().get_current_head()
+    assert head is not None, "digest/migrations/versions/ holds no revision"
+    return head
+
+
+def baseline_revision() -> str:
+    base = _scripts().get_base()
+    assert base is not None, "digest/migrations/versions/ holds no revision"
+    return base
+
+
+def _has_store_tables(connection: Connection) -> bool:
+    names = set(inspect(connection).get_table_names())
+    return bool(names & set(baseline.baseline_metadata().tables))
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    revision: str | None  # what alembic_version holds; None: no version (empty, or unversioned)
+    head: str
+    has_tables: bool
+
+    @property
+    def current(self) -> bool:
+        return self.revision == self.head
+
+    @property
+    def empty(self) -> bool:
+        return self.revision is None and not self.has_tables
+
+    def describe(self) -> str:
+        """One line: where the database stands, and what to do when it is not current."""
+        if self.current:
+            return f"the database is at {self.revision} (head)"
+        if self.empty:
+            return f"the database is empty: {UPGRADE_HINT} to create its tables at {self.head}"
+        if self.revision is None:
+            return f"the database was made before migrations: {UPGRADE_HINT} to adopt it"
+        try:
+            known = _scripts().get_revision(self.revision) is not None
+        except CommandError:
+            known = False
+        if not known:
+            return (
+                f"the database is at revision {self.revision}, which this code does not know "
+                f"(migrated by newer code?); this code works with {self.head}"
+            )
+        return f"the database is at revision {self.revision}, behind the code's {self.head}: " + (
+            UPGRADE_HINT
+        )
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    with engine.connect() as connection:
+        revision = MigrationContext.configure(connection).get_current_revision()
+        has_tables = revision is not None or _has_store_tables(connection)
+    return SchemaStatus(revision=revision, head=head_revision(), has_tables=has_tables)
+
+
+def require_current_schema(engine: Engine) -> None:
+    """What every process does at start: go on only with a database at the code's revision.
+
+    An empty database is created (nothing there to lose, and a first start just works); any
+    other that is not current is left alone for `digest db upgrade`, with one line saying so.
+    """
+    status = schema_status(engine)
+    if status.current:
+        return
+    if status.empty:
+        upgrade_schema(engine)
+        if schema_status(engine).current:
+            return
+    raise SchemaError(status.describe())
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection that alone may change the schema until the block ends: processes that
+    start together take turns, and each looks at the schema only once it holds the lock.
+
+    PostgreSQL: a session advisory lock. SQLite: an exclusive lock on a file beside the
+    database (a transaction cannot hold it: Alembic's SQLite table copies run outside one).
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.commit()
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
+                connection.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        with _memory_lock, engine.connect() as connection:
+            yield connection
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")
+    try:
+        lock_file = lock_path.open("a")
+    except OSError as exc:
+        raise SchemaError(f"cannot open {lock_path} to change the schema: {exc.strerror}") from exc
+    with lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            with engine.connect() as connection:
+                yield connection
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> list[str]:
+    """Bring the database to `revision` (adopting one made before migrations first); the only
+    place the schema changes. Returns a line for each thing done."""
+    done: list[str] = []
+    with schema_lock(engine) as connection:
+        config = alembic_config(connection)
+        before = MigrationContext.configure(connection).get_current_revision()
+        if before is None and _has_store_tables(connection):
+            done += adopt_unversioned(connection)
+            before = baseline_revision()
+        try:
+            command.upgrade(config, revision)
+        except CommandError as exc:  # an unknown revision, several heads
+            raise SchemaError(str(exc)) from exc
+        after = MigrationContext.configure(connection).get_current_revision()
+        connection.commit()
+    if before == after:
+        done.append(f"already at {after}")
+    else:
+        done.append(f"upgraded {before or 'an empty database'} -> {after}")
+    return done
+
+
+def downgrade_schema(engine: Engine, revision: str) -> list[str]:
+    with schema_lock(engine) as connection:
+        before = MigrationContext.configure(connection).get_current_revision()
+        if before is None:
+            raise SchemaError(f"the database has no revision to go back from: {UPGRADE_HINT}")
+        try:
+            command.downgrade(alembic_config(connection), revision)
+        except CommandError as exc:
+            raise SchemaError(str(exc)) from exc
+        after = MigrationContext.configure(connection).get_current_revision()
+        connection.commit()
+    return [f"downgraded {before} -> {after or 'an empty database'}"]
+
+
+def create_schema(engine: Engine) -> None:
+    """A database at head for tests and benchmarks: an empty one is made from the models and
+    stamped (quick); any other goes through the revisions. Processes use
+    require_current_schema instead."""
+    with schema_lock(engine) as connection:
+        context = MigrationContext.configure(connection)
+        empty = context.get_current_revision() is None and not _has_store_tables(connection)
+        if empty:
+            SQLModel.metadata.create_all(connection)
+            context.stamp(_scripts(), "head")
+            connection.commit()
+    if not empty:
+        upgrade_schema(engine)
+
+
+def _differences(connection: Connection, metadata: MetaData) -> list[tuple[Any, ...]]:
+    """What Alembic's autogenerate would change to make the database match `metadata`, one
+    tuple per change; tables `metadata` does not name are ignored."""
+
+    def ours(name: str | None, type_: str, _parents: Any) -> bool:
+        return type_ != "table" or name in metadata.tables
+
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": ours}
+    )
+    found: list[tuple[Any, ...]] = []
+    for diff in compare_metadata(context, metadata):
+        # Column changes come as a list of tuples; the rest one tuple each.
+        found.extend(diff if isinstance(diff, list) else [diff])
+    return found
+
+
+def _adoptable(diff: tuple[Any, ...]) -> bool:
+    kind = diff[0]
+    if kind == "add_table":
+        return True
+    if kind == "add_column":
+        return (diff[2], diff[3].name) in baseline.LATER_COLUMNS
+    if kind == "remove_index":
+        return diff[1].name in baseline.OLD_INDEXES
+    if kind == "remove_fk":
+        return diff[1].table.name in baseline.OLD_FOREIGN_KEY_TABLES
+    return False
+
+
+def _describe(diff: tuple[Any, ...]) -> str:
+    """A difference in a few words: 'remove_index ix_odd on subscriber'."""
+    kind, item = diff[0], diff[1]
+    if kind.endswith("_table"):
+        return f"{kind} {item.name}"
+    if kind.endswith(("_index", "_constraint")):
+        return f"{kind} {item.name} on {item.table.name}"
+    if kind.endswith("_fk"):
+        columns = ", ".join(c.name for c in item.columns)
+        return f"{kind} {item.table.name} ({columns}) -> {item.referred_table.name}"
+    # add_column/remove_column (schema, table, column) and modify_* (schema, table, column, ...)
+    column = diff[3] if isinstance(diff[3], str) else diff[3].name
+    return f"{kind} {diff[2]}.{column}"
+
+
+def adopt_unversioned(connection: Connection) -> list[str]:
+    """Adopt a database made before migrations: bring an older shape (no lease/retry columns,
+    the old delivery indexes, item foreign keys) to the baseline, then stamp the baseline.
+
+    The differences are all checked first: a database whose tables differ from the baseline in
+    any other way is refused and left as it was.
+    """
+    target = baseline.baseline_metadata()
+    differences = _differences(connection, target)
+    unknown = [diff for diff in differences if not _adoptable(diff)]
+    if unknown:
+        raise SchemaError(
+            "the database was made before migrations, but its tables are not a shape digest "
+            f"made ({'; '.join(map(_describe, unknown[:3]))}): nothing was changed"
+        )
+    operations = Operations(MigrationContext.configure(connection))
+    done: list[str] = []
+    for diff in differences:
+        if diff[0] == "remove_index":
+            operations.drop_index(diff[1].name, table_name=diff[1].table.name)
+            done.append(f"dropped index {diff[1].name}")
+        elif diff[0] == "add_column":
+            operations.add_column(diff[2], diff[3].copy())
+            done.append(f"added column {diff[2]}.{diff[3].name}")
+        elif diff[0] == "add_table":
+            diff[1].create(connection)
+            done.append(f"created table {diff[1].name}")
+    dropped_keys = [diff[1] for diff in differences if diff[0] == "remove_fk"]
+    for table_name in sorted({key.table.name for key in dropped_keys}):
+        if connection.dialect.name == "sqlite":
+            # SQLite cannot drop a constraint: copy the table into the baseline's definition.
+            with operations.batch_alter_table(
+                table_name, copy_from=target.tables[table_name], recreate="always"
+            ):
+                pass
+        else:
+            for key in dropped_keys:
+                if key.table.name == table_name:
+                    operations.drop_constraint(key.name, table_name, type_="foreignkey")
+        done.append(f"dropped the foreign keys of {table_name}")
+    if connection.dialect.name == "postgresql":
+        options = connection.execute(
+            text("SELECT reloptions FROM pg_class WHERE oid = 'delivery'::regclass")
+        ).scalar_one()
+        wanted = f"fillfactor={baseline.DELIVERY_FILLFACTOR}"
+        if wanted not in (options or []):
+            connection.execute(text(f"ALTER TABLE delivery SET ({wanted})"))
+            done.append(f"delivery pages filled to {baseline.DELIVERY_FILLFACTOR} % from now on")
+    remaining = _differences(connection, target)
+    if remaining:
+        raise SchemaError(
+            "adopting the database left differences from the baseline "
+            f"({'; '.join(map(_describe, remaining[:3]))})"
+        )
+    MigrationContext.configure(connection).stamp(_scripts(), baseline_revision())
+    done.append(f"adopted a database made before migrations as {baseline_revision()}")
+    return done
+
+
+def new_revision(message: str) -> Path:
+    """Write an autogenerated revision into digest/migrations/versions/: the models compared
+    with a scratch SQLite database built by the revisions so far. Read it before committing:
+    autogenerate misses renames and PostgreSQL-only options (e.g. fillfactor)."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine = make_engine(f"sqlite:///{Path(folder) / 'scratch.db'}")
+        try:
+            upgrade_schema(engine)
+            config = alembic_config()
+            if importlib.util.find_spec("ruff") is not None:
+                # Written in the project's style: sorted imports, formatted.
+                config.set_section_option("post_write_hooks", "hooks", "ruff_fix, ruff_format")
+                for hook, options in (
+                    ("ruff_fix", "check --fix --quiet"),
+                    ("ruff_format", "format"),
+                ):
+                    config.set_section_option("post_write_hooks", f"{hook}.type", "module")
+                    config.set_section_option("post_write_hooks", f"{hook}.module", "ruff")
+                    config.set_section_option(
+                        "post_write_hooks", f"{hook}.options", f"{options} REVISION_SCRIPT_FILENAME"
+                    )
+            with engine.connect() as connection:
+                config.attributes["connection"] = connection
+                script = command.revision(config, message=message, autogenerate=True)
+        finally:
+            engine.dispose()
+    assert script is not None and not isinstance(script, list)
+    return Path(script.path)

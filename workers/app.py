@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init
 
 from digest.config import Settings, get_settings
 from workers.schedule import beat_schedule
@@ -45,6 +47,23 @@ def limit_blas_threads(threads: int) -> None:
 @worker_process_init.connect
 def _one_blas_thread_per_process(**_: object) -> None:
     limit_blas_threads(get_settings().worker_blas_threads)
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_a_database_behind_the_code(**_: object) -> None:
+    """The worker and beat start only on a database at the code's revision: one line and
+    exit 1 otherwise (an empty database is created)."""
+    from digest.db import SchemaError, make_engine, require_current_schema
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        require_current_schema(engine)
+    except SchemaError as exc:
+        print(f"digest: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from exc
+    finally:
+        engine.dispose()
 
 
 app = make_celery(get_settings())

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from digest import delivery
 from digest.config import get_settings
-from digest.db import create_schema, make_engine, session_scope
+from digest.db import make_engine, require_current_schema, session_scope
 from digest.ingestion import ingest_sources
 from digest.mailer import Mailer, mailer_for
 from workers.app import app
@@ -23,7 +23,7 @@ _corpus_cache = delivery.CorpusCache(directory=get_settings().cache_dir)
 @lru_cache(maxsize=1)
 def _engine() -> Engine:
     engine = make_engine(get_settings().database_url)
-    create_schema(engine)
+    require_current_schema(engine)
     return engine
 
 

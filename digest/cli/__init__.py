@@ -1,6 +1,6 @@
 """The admin command line (`digest`), one module per command group: send (send, preview, demo,
 why), subscribers (subscribers, unsubscribes), papers (ingest, papers, seeds, rank) and admin
-(status, serve)."""
+(status, serve), database (db)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import click
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from digest.cli import admin, papers, send, subscribers
+from digest.cli import admin, database, papers, send, subscribers
 from digest.cli.common import App
 from digest.config import get_settings
 
 
 @click.group()
-@click.version_option(package_name="digest")
+@click.version_option(package_name="digest-papers-selfhosted")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
@@ -38,6 +38,7 @@ for command in (
     papers.rank,
     subscribers.subscribers,
     subscribers.unsubscribes,
+    database.db_group,
 ):
     main.add_command(command)
 

@@ -11,8 +11,9 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from digest import db
 from digest.config import Settings
-from digest.db import create_schema, make_engine, session_scope
+from digest.db import make_engine, session_scope
 from digest.mailer import Mailer, mailer_for
 
 
@@ -31,7 +32,8 @@ class App:
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = make_engine(self.settings.database_url)
-            create_schema(self._engine)
+            with schema_errors():
+                db.require_current_schema(self._engine)
         return self._engine
 
     @contextmanager
@@ -44,6 +46,15 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+@contextmanager
+def schema_errors() -> Iterator[None]:
+    """A database not at the code's revision is one line (what to run), not a traceback."""
+    try:
+        yield
+    except db.SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def fail(message: str) -> None:

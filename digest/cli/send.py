@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from digest import delivery, digests, paperstore
+from digest import db, delivery, digests, paperstore
 from digest import subscribers as subscriber_store
-from digest.cli.common import App, now_utc, parse_date, pass_app
+from digest.cli.common import App, now_utc, parse_date, pass_app, schema_errors
+from digest.db import make_engine
 from digest.errors import UserError
 from digest.mailer import FileMailer, Mailer
 
@@ -142,6 +143,9 @@ def demo(app: App, email: str, topics: tuple[str, ...]) -> None:
     """Seeds, a demo subscriber, and today's digest written to ./outbox/ as .eml files."""
     settings = app.settings
     now = now_utc()
+    # The demo's own database (the embedded SQLite of a first try) may be upgraded in place.
+    with schema_errors():
+        db.upgrade_schema(make_engine(settings.database_url))
     with app.session() as session:
         report = paperstore.load_seeds(session=session, settings=settings, now=now)
         click.echo(f"Seed papers: {report.new} new, {report.read - report.new} already stored.")

@@ -19,7 +19,7 @@ from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from digest.config import Settings, get_settings
-from digest.db import create_schema, make_engine
+from digest.db import make_engine, require_current_schema
 from digest.errors import UserError
 from digest.mailer import Mailer, mailer_for
 from digest.subscribers import normalize_email
@@ -100,7 +100,7 @@ def create_app(
     )
     if engine is None:
         engine = make_engine(settings.database_url)
-        create_schema(engine)
+        require_current_schema(engine)
     app.extensions["digest"] = views.WebContext(
         settings=settings,
         engine=engine,

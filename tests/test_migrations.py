@@ -1,0 +1,436 @@
+"""Schema migrations: the revisions agree with the models, databases made before migrations
+are adopted with every row kept, upgrades from processes starting together take turns, and a
+database that is not current stops every entry point with one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, Table, inspect, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, select
+from sqlmodel.sql.sqltypes import AutoString
+
+from digest import db
+from digest.migrations import baseline
+from digest.models import Delivery, UTCDateTime
+from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_SERVICES
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_MODELS = ROOT / "tests" / "fixtures" / "old_models"
+DIGEST = str(Path(sys.executable).parent / "digest")
+# The shapes create_schema made before migrations, oldest first: without lease_until and
+# retry_at; with them and their old indexes; delivery updated in place (items without foreign
+# keys); and 0bca3dd, the baseline.
+OLD_SHAPES = ["df69cb9", "5d82650", "9205999", "0bca3dd"]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database of its own, empty: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    yield from _new_postgres_database()
+
+
+def _new_postgres_database() -> Iterator[str]:
+    if not POSTGRES_ADMIN_URL:
+        if REQUIRE_SERVICES:
+            pytest.fail("DIGEST_TEST_POSTGRES_URL must be set when services are required")
+        pytest.skip("PostgreSQL not configured (set DIGEST_TEST_POSTGRES_URL)")
+    import psycopg
+
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"digest_migrate_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# Run in a process of its own with the models.py of an old commit (and nothing of today's
+# digest imported): that commit's create_schema, then a store with rows in every table.
+MAKE_OLD_DATABASE = r"""
+import datetime as dt, importlib.util, sys
+from sqlalchemy import create_engine
+from sqlmodel import Session, SQLModel
+
+spec = importlib.util.spec_from_file_location("old_models", sys.argv[1])
+m = sys.modules["old_models"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+url = sys.argv[2].replace("postgresql://", "postgresql+psycopg://")
+engine = create_engine(url)
+SQLModel.metadata.create_all(engine)  # create_schema, as every commit before migrations had it
+
+t0 = dt.datetime(2026, 6, 1, 7, 0, tzinfo=dt.UTC)
+later = {"lease_until": t0, "retry_at": t0 + dt.timedelta(hours=1)}
+has_later = hasattr(m.Delivery, "retry_at")
+with Session(engine) as s:
+    for i in range(3):
+        s.add(m.Paper(id=f"2606.0000{i}", title=f"Paper {i}", abstract="About diffusion.",
+                      authors=["A. Author", "B. Author"], published=t0, first_seen=t0,
+                      updated_at=t0, categories=["cs.LG"], upvotes=i, sources=["hf"]))
+    for i, status in enumerate(["active", "unsubscribed", "pending"]):
+        s.add(m.Subscriber(email=f"s{i}@example.com", status=status, topics=[f"topic {i}"],
+                           exclude=["crypto"], timezone="Europe/Berlin", send_hour=6 + i,
+                           bounce_count=i, created_at=t0, confirmed_at=t0))
+    s.flush()
+    states = ["sent", "failed", "skipped", "sending"]
+    for i, state in enumerate(states):
+        d = m.Delivery(subscriber_id=1 + i % 2, digest_date=dt.date(2026, 6, 1 + i), state=state,
+                       reason=f"reason {i}", message_id=f"<m{i}@x>", attempts=i, created_at=t0,
+                       updated_at=t0, sent_at=t0 if state == "sent" else None,
+                       **(later if has_later and state == "sending" else {}))
+        s.add(d)
+    s.flush()
+    for rank in range(3):
+        s.add(m.DeliveryItem(delivery_id=1, paper_id=f"2606.0000{rank}", rank=rank + 1,
+                             score=0.5 - rank / 10, why=f"matches 'topic {rank}'"))
+    s.add(m.Feedback(subscriber_id=1, paper_id="2606.00000", value=1, created_at=t0))
+    s.add(m.Feedback(subscriber_id=2, paper_id="2606.00001", value=-1, created_at=t0))
+    s.add(m.Run(kind="send", started_at=t0, finished_at=t0, status="ok", summary={"sent": 1}))
+    s.add(m.Run(kind="ingest", started_at=t0, status="running"))
+    s.commit()
+engine.dispose()
+"""
+
+
+def make_old_database(commit: str, url: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", MAKE_OLD_DATABASE, str(OLD_MODELS / f"models_{commit}.py"), url],
+        check=True,
+        timeout=120,
+        cwd=OLD_MODELS,
+    )
+
+
+def rows(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every baseline table, in primary-key order."""
+    found = {}
+    with engine.connect() as connection:
+        for name, table in baseline.baseline_metadata().tables.items():
+            order = ", ".join(c.name for c in table.primary_key.columns)
+            result = connection.execute(text(f"SELECT * FROM {name} ORDER BY {order}"))
+            found[name] = [dict(row._mapping) for row in result]
+    return found
+
+
+def cli(args: list[str], url: str, cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env["DIGEST_DATABASE_URL"] = url
+    return subprocess.run(
+        [DIGEST, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
+def differences_from_models(engine: Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return db._differences(connection, SQLModel.metadata)
+
+
+# --- the revisions and the models ------------------------------------------------------------
+
+
+def test_the_revisions_form_one_line_from_the_baseline():
+    """Revisions written in parallel must be put in one line (or merged) before they land."""
+    scripts = db._scripts()
+    assert len(scripts.get_heads()) == 1, "several heads: set one's down_revision to the other"
+    assert db.baseline_revision() == "555dde076f85"
+    assert db.head_revision() in {r.revision for r in scripts.walk_revisions()}
+
+
+def test_the_models_and_the_revisions_at_head_agree(db_url):
+    """A database built by the revisions is what the models describe: autogenerate finds no
+    difference (so no model change lands without its revision). PostgreSQL table options,
+    which autogenerate does not compare, are checked too."""
+    engine = db.make_engine(db_url)
+    try:
+        assert db.upgrade_schema(engine) == [f"upgraded an empty database -> {db.head_revision()}"]
+        assert differences_from_models(engine) == []
+        assert db.schema_status(engine).current
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as connection:
+                for table in SQLModel.metadata.tables.values():
+                    wanted = table.dialect_options["postgresql"]["with"] or {}
+                    options = connection.execute(
+                        text("SELECT reloptions FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                        {"t": table.name},
+                    ).scalar_one()
+                    assert sorted(options or []) == sorted(f"{k}={v}" for k, v in wanted.items())
+    finally:
+        engine.dispose()
+
+
+def test_the_test_helper_builds_the_same_database_as_the_revisions(db_url):
+    engine = db.make_engine(db_url)
+    try:
+        db.create_schema(engine)
+        assert db.schema_status(engine).current
+        assert differences_from_models(engine) == []
+        db.create_schema(engine)  # a second call finds it current
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_base_and_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    assert cli(["db", "upgrade"], url, tmp_path).returncode == 0
+    result = cli(["db", "downgrade", "base", "--yes"], url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    engine = db.make_engine(url)
+    assert db.schema_status(engine).empty
+    assert cli(["db", "upgrade"], url, tmp_path).returncode == 0
+    assert db.schema_status(engine).current
+    engine.dispose()
+
+
+# --- databases made before migrations --------------------------------------------------------
+
+
+@pytest.mark.parametrize("commit", OLD_SHAPES)
+def test_a_database_made_before_migrations_upgrades_with_every_row_kept(
+    commit, fresh_url, tmp_path
+):
+    make_old_database(commit, fresh_url)
+    engine = db.make_engine(fresh_url)
+    before = rows(engine)
+    assert sum(map(len, before.values())) == 3 + 3 + 4 + 3 + 2 + 2
+
+    # Refused until it is upgraded: one line naming the command.
+    refused = cli(["subscribers", "list"], fresh_url, tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0 and "digest db upgrade" in refused.stderr
+
+    result = cli(["db", "upgrade"], fresh_url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"adopted a database made before migrations as {db.baseline_revision()}" in result.stdout
+    if commit == "0bca3dd":
+        # Today's shape is only stamped.
+        assert result.stdout.splitlines()[0].startswith("adopted")
+
+    assert db.schema_status(engine).current
+    assert differences_from_models(engine) == []
+    after = rows(engine)
+    for name, old_rows in before.items():
+        assert len(after[name]) == len(old_rows), name
+        for old, new in zip(old_rows, after[name], strict=True):
+            assert {k: new[k] for k in old} == old, name
+            assert all(new[k] is None for k in set(new) - set(old)), name
+    # The code works on it: the query that crashed with "no such column: delivery.retry_at".
+    with Session(engine) as session:
+        deliveries = session.exec(select(Delivery).order_by(Delivery.id)).all()
+        assert [d.state for d in deliveries] == ["sent", "failed", "skipped", "sending"]
+    listed = cli(["subscribers", "list"], fresh_url, tmp_path)
+    assert listed.returncode == 0 and "s0@example.com" in listed.stdout
+    engine.dispose()
+
+
+def test_a_database_of_an_unknown_shape_is_refused_and_left_as_it_was(tmp_path):
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    make_old_database("0bca3dd", url)
+    engine = db.make_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE INDEX ix_odd ON subscriber (timezone)")
+        connection.exec_driver_sql("ALTER TABLE paper DROP COLUMN comment")
+    result = cli(["db", "upgrade"], url, tmp_path)
+    assert result.returncode == 1
+    assert "not a shape digest made" in result.stderr and "nothing was changed" in result.stderr
+    assert "Traceback" not in result.stderr
+    names = set(inspect(engine).get_table_names())
+    assert "alembic_version" not in names
+    assert "ix_odd" in {i["name"] for i in inspect(engine).get_indexes("subscriber")}
+    engine.dispose()
+
+
+# --- entry points refuse a database that is not current -------------------------------------
+
+
+def test_a_database_not_at_the_code_revision_stops_the_cli_with_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedbeef'"))
+    engine.dispose()
+    for args in (["subscribers", "list"], ["send", "--dry-run"], ["db", "current"]):
+        result = cli(args, url, tmp_path)
+        assert result.returncode == 1, args
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "f00dfeedbeef" in lines[0] and "does not know" in lines[0]
+
+
+def test_an_empty_database_is_created_at_the_first_start(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert cli(["subscribers", "list"], url, tmp_path).returncode == 0
+    engine = db.make_engine(url)
+    assert db.schema_status(engine).current
+    engine.dispose()
+
+
+def test_demo_upgrades_its_own_database(tmp_path):
+    make_old_database("df69cb9", f"sqlite:///{tmp_path / 'digest.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    result = subprocess.run(
+        [DIGEST, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+
+
+def test_the_web_app_refuses_a_database_made_before_migrations(tmp_path):
+    from tests.conftest import make_settings
+
+    make_old_database("0bca3dd", f"sqlite:///{tmp_path / 'digest.db'}")
+    from digest.web import create_app
+
+    with pytest.raises(db.SchemaError, match="run `digest db upgrade`"):
+        create_app(make_settings(tmp_path))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_the_worker_and_beat_refuse_a_database_made_before_migrations(command, tmp_path):
+    url = f"sqlite:///{tmp_path / 'digest.db'}"
+    make_old_database("0bca3dd", url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(DIGEST_DATABASE_URL=url, DIGEST_TASK_QUEUE=f"digest-test-{uuid.uuid4().hex[:8]}")
+    extra = ["--pool=solo"] if command == "worker" else ["-s", str(tmp_path / "beat-schedule")]
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers", command, *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "the database was made before migrations: run `digest db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- one place, one lock ---------------------------------------------------------------------
+
+# Imports first (slow, uneven), then waits for the go file so the processes really race.
+RACE = r"""
+import pathlib, sys, time
+from digest import db
+engine = db.make_engine(sys.argv[1])
+print("ready", flush=True)
+go = pathlib.Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.002)
+if sys.argv[3] == "upgrade":
+    db.upgrade_schema(engine)
+else:
+    db.require_current_schema(engine)
+"""
+
+
+def race(url: str, folder: Path, kinds: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    go = folder / f"go-{uuid.uuid4().hex[:6]}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, url, str(go), kind],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for kind in kinds
+    ]
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+@pytest.mark.integration
+def test_processes_starting_together_on_a_fresh_postgresql_database_never_fail(tmp_path):
+    """Three processes (two upgrades, one web/worker start) on a fresh database, three times:
+    before the lock, create_all raced and failed 9 times in 18 (pg_type unique violation)."""
+    for _ in range(3):
+        for url in _new_postgres_database():
+            results = race(url, tmp_path, ["upgrade", "upgrade", "start"])
+            for result in results:
+                assert result.returncode == 0, result.stderr
+            engine = db.make_engine(url)
+            assert db.schema_status(engine).current
+            assert differences_from_models(engine) == []
+            engine.dispose()
+
+
+@pytest.mark.integration
+def test_processes_starting_together_on_a_fresh_sqlite_database_never_fail(tmp_path):
+    for i in range(3):
+        url = f"sqlite:///{tmp_path / f'race{i}.db'}"
+        for result in race(url, tmp_path, ["upgrade", "start", "start"]):
+            assert result.returncode == 0, result.stderr
+        engine = db.make_engine(url)
+        assert db.schema_status(engine).current
+        engine.dispose()
+
+
+# --- adding a revision -----------------------------------------------------------------------
+
+
+def test_a_new_revision_is_autogenerated_from_the_models(tmp_path, monkeypatch):
+    """`digest db revision -m` writes a revision with plain SQLAlchemy types; a database at the
+    old head is then behind (one line), and upgrades."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(db, "MIGRATIONS_DIR", migrations)
+    db._scripts.cache_clear()
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.make_engine(url)
+    db.upgrade_schema(engine)
+    old_head = db.head_revision()
+    note = Table(
+        "scratch_note",
+        SQLModel.metadata,
+        Column("id", Integer(), primary_key=True),
+        Column("title", AutoString(20), nullable=False),
+        Column("noted_at", UTCDateTime(), nullable=False),
+    )
+    try:
+        path = db.new_revision("add scratch note")
+        db._scripts.cache_clear()
+        source = path.read_text()
+        assert path.parent == migrations / "versions"
+        assert f'down_revision: str | Sequence[str] | None = "{old_head}"' in source
+        assert "sa.String(length=20)" in source and "sa.DateTime(timezone=True)" in source
+        assert "sqlmodel" not in source and "digest.models" not in source
+        with pytest.raises(db.SchemaError, match=r"behind the code's .*: run `digest db upgrade`"):
+            db.require_current_schema(engine)
+        assert db.upgrade_schema(engine) == [f"upgraded {old_head} -> {db.head_revision()}"]
+        assert "scratch_note" in inspect(engine).get_table_names()
+        assert differences_from_models(engine) == []
+        lint = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--config", str(ROOT / "pyproject.toml"), path],
+            capture_output=True,
+            text=True,
+        )
+        assert lint.returncode == 0, lint.stdout
+    finally:
+        SQLModel.metadata.remove(note)
+        engine.dispose()
+        db._scripts.cache_clear()
