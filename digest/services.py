@@ -35,7 +35,7 @@ from digest.models import (
     Subscriber,
     SubscriberStatus,
 )
-from digest.papers import BadLine, PaperIn, read_papers
+from digest.papers import BadLine, OversizeLine, PaperIn, read_papers
 from digest.ranking import Pick, Profile, RankingConfig, RankPaper, rank_papers
 from digest.render import (
     DigestContext,
@@ -168,7 +168,7 @@ class ImportReport:
 def import_papers(
     *,
     session: Session,
-    lines: Iterable[str],
+    lines: Iterable[str | bytes | OversizeLine],
     now: dt.datetime,
     batch_size: int = 2000,
     progress: Progress | None = None,

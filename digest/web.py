@@ -29,6 +29,7 @@ from digest.db import create_schema, make_engine
 from digest.links import signed_link
 from digest.mailer import DeliveryError, Mailer, mailer_for
 from digest.models import Paper, Subscriber, SubscriberStatus
+from digest.render import install_filters
 from digest.schedule import local_date
 from digest.tokens import InvalidToken, Purpose, read_token
 
@@ -78,6 +79,7 @@ def create_app(
 ) -> Flask:
     check_secret_key(settings)
     app = Flask(__name__, template_folder=str(settings.templates_dir))
+    install_filters(app.jinja_env)
     if settings.trusted_proxy_hops:
         # Behind a reverse proxy the client address is in X-Forwarded-For: rate limits key on it.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
