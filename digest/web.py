@@ -24,6 +24,7 @@ from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from digest import services
+from digest.addresses import inbox_key
 from digest.config import Settings
 from digest.db import create_schema, make_engine
 from digest.links import signed_link
@@ -107,8 +108,10 @@ def create_app(
         try:
             address = services.normalize_email(raw)
         except services.UserError:
-            address = " ".join(raw.split()).lower()[:320]
-        digest = hmac.new(settings.secret_key.encode(), address.encode(), hashlib.sha256)
+            address = raw
+        # Keyed by inbox: bomb+1@, bomb+2@ and b.o.m.b@gmail.com all reach one person.
+        key = inbox_key(address)
+        digest = hmac.new(settings.secret_key.encode(), key.encode(), hashlib.sha256)
         return "to:" + digest.hexdigest()[:32]
 
     if engine is None:
