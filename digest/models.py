@@ -170,3 +170,15 @@ class Run(SQLModel, table=True):
     finished_at: dt.datetime | None = _utc_column()
     status: str = "running"  # running, ok, partial, failed
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class InboundMessage(SQLModel, table=True):
+    """A mailed request already acted on (or refused), so a mailbox read twice changes nothing:
+    its fingerprint (Message-ID, or the raw bytes when it has none, with its tokens) and the
+    hash of the token it used. Only hashes are kept: a token is a signed link."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(unique=True, max_length=64)
+    token_hash: str | None = Field(default=None, index=True, max_length=64)
+    result: str = Field(max_length=40)
+    processed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
