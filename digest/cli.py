@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from digest import delivery, services
-from digest.config import Settings, get_settings
+from digest.config import Settings, get_settings, public_key_refusal
 from digest.db import create_schema, make_engine, session_scope
 from digest.mailer import FileMailer, Mailer, mailer_for
 from digest.models import Frequency, SubscriberStatus
@@ -513,6 +513,9 @@ def serve(app: App, host: str, port: int) -> None:
         check_secret_key(app.settings)
     except InsecureSecretKey as exc:
         raise click.ClickException(str(exc)) from exc
+    refusal = public_key_refusal(app.settings, host=host)
+    if refusal:
+        raise click.ClickException(refusal)
     if app.settings.uses_default_secret:
         click.echo(
             "warning: signing links with the default development secret key; "
