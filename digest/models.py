@@ -81,6 +81,11 @@ class Frequency(StrEnum):
 
 
 class Subscriber(SQLModel, table=True):
+    # Signed links name a subscriber by id: an id is never given again, on SQLite too (without
+    # AUTOINCREMENT it reuses the highest id after a removal, and old links would act on the
+    # newcomer). PostgreSQL's sequences never go back.
+    __table_args__ = {"sqlite_autoincrement": True}
+
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(index=True, unique=True, max_length=320)
     status: str = Field(default=SubscriberStatus.PENDING.value, index=True)
