@@ -279,3 +279,30 @@ def test_a_gzip_bomb_line_is_reported_without_being_held_in_memory(engine):
     assert "over the limit" in report.bad_lines[0].error
     # The line is 200 MB; what the import held at its peak is a few line caps at most.
     assert peak < 20 * MAX_LINE_BYTES, f"peak {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.integration
+def test_papers_import_command_reports_bad_lines_of_a_gzip_bomb_and_keeps_the_good_ones(tmp_path):
+    from tests.test_cli import run
+
+    good = [paper_line(id=f"2606.{n:05d}", title=f"Good paper {n}") for n in range(1, 4)]
+    body = (
+        good[0].encode()
+        + b"\n"
+        + b'{"title": "caf\xe9"}\n'
+        + b"[" * 50_000
+        + b"\n"
+        + good[1].encode()
+        + b"\n"
+    )
+    (tmp_path / "papers.jsonl").write_bytes(body + good[2].encode() + b"\n")
+    result = run(["papers", "import", "papers.jsonl"], cwd=tmp_path)
+    assert "3 new, 0 updated, 0 unchanged, 2 bad lines" in result.stdout
+    assert "line 2: not valid UTF-8" in result.stderr
+    assert "line 3: JSON nested too deeply" in result.stderr
+
+    (tmp_path / "bomb.jsonl.gz").write_bytes(gzip_bomb(200 << 20))
+    result = run(["papers", "import", "bomb.jsonl.gz"], cwd=tmp_path)
+    assert "0 new, 0 updated, 2 unchanged, 1 bad lines" in result.stdout
+    assert "line 2: line is 209,715,201 bytes, over the limit" in result.stderr
+    assert "Traceback" not in result.stderr
