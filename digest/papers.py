@@ -150,17 +150,16 @@ class PaperIn(BaseModel):
     def _text(cls, value: Any) -> Any:
         return clean_text(value) if isinstance(value, str) else value
 
-    @field_validator("url", mode="after")
+    @field_validator("url", mode="before")
     @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        # Refused rather than dropped: the line is reported with the reason, so whoever made
-        # the file learns of it, and a paper never enters the store with a link we changed.
-        if value is None or not value.strip():
-            return None
-        url = safe_url(value.strip())
-        if url is None:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return url
+    def _url(cls, value: Any) -> Any:
+        # Only http(s) links are kept. Anything else is dropped, not the paper: the URL is
+        # optional (a digest then links to the paper's page on our site), and the same model
+        # reads `digest rank` files and sources, where losing a paper over its link would
+        # change the picks.
+        if isinstance(value, str):
+            return safe_url(value.strip())
+        return value
 
     @field_validator("authors", mode="before")
     @classmethod

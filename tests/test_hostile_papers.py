@@ -80,11 +80,12 @@ def test_only_absolute_http_urls_are_safe(url):
     assert safe_url(url) is None
     assert safe_url("https://arxiv.org/abs/2606.00001") == "https://arxiv.org/abs/2606.00001"
     assert safe_url("HTTP://example.org/a?b=c&d=e") == "HTTP://example.org/a?b=c&d=e"
+    # At the store's door: the paper is kept, its link is not.
+    paper = PaperIn.model_validate({"title": "A paper", "url": url})
+    assert (paper.title, paper.url) == ("A paper", None)
 
 
-def test_an_imported_script_url_is_refused_with_its_reason_and_never_becomes_an_href(
-    engine, db_settings
-):
+def test_an_imported_script_url_is_dropped_and_never_becomes_an_href(engine, db_settings):
     lines = "\n".join(
         [
             paper_line(id="2606.00001", url="javascript:alert(1)"),
@@ -104,14 +105,17 @@ def test_an_imported_script_url_is_refused_with_its_reason_and_never_becomes_an_
             digest_date=DAY,
         )
         stored = session.exec(select(Paper)).all()
-    assert report.new == 1
-    assert [(b.line_number, b.error) for b in report.bad_lines] == [
-        (1, "url: Value error, must be an absolute http:// or https:// URL")
-    ]
-    assert [p.id for p in stored] == ["2606.00002"]
+    # The paper is kept without its link; the digest links to its page on our site instead.
+    assert report.new == 2 and report.bad_lines == []
+    assert {p.id: p.url for p in stored} == {
+        "2606.00001": None,
+        "2606.00002": "https://arxiv.org/abs/2606.00001",
+    }
     (message,) = outbox_messages(db_settings)
     assert "javascript:" not in message.as_string().lower()
-    assert 'href="https://arxiv.org/abs/2606.00001"' in html_part(message)
+    html = html_part(message)
+    assert 'href="https://digest.test/papers/2606.00001"' in html
+    assert 'href="https://arxiv.org/abs/2606.00001"' in html
 
 
 def digest_context(url: str) -> DigestContext:
