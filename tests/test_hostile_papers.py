@@ -310,3 +310,10 @@ def test_papers_import_command_reports_bad_lines_of_a_gzip_bomb_and_keeps_the_go
     assert "0 new, 0 updated, 2 unchanged, 1 bad lines" in result.stdout
     assert "line 2: line is 209,715,201 bytes, over the limit" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_together_author_list_is_cut_like_a_long_title_not_refused():
+    # As in the real 75k corpus (2506.02197): a whole author list in one name.
+    names = "and ".join(f"Author Number{n}" for n in range(100))
+    paper = PaperIn.model_validate({"title": "A paper", "authors": ["Ada", names]})
+    assert paper.authors[0] == "Ada" and len(paper.authors[1]) == 500
