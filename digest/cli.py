@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from digest import delivery, services
-from digest.config import Settings, get_settings, public_key_refusal
+from digest.config import Settings, public_key_refusal, with_kept_secret_key
 from digest.db import create_schema, make_engine, session_scope
 from digest.mailer import FileMailer, Mailer, mailer_for
 from digest.models import Frequency, SubscriberStatus
@@ -32,13 +32,26 @@ class App:
     """What every command needs: settings, and lazily the engine and the mailer."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        # As read; the secret key is kept (or created) only for a command that signs links,
+        # so that `digest rank` or `papers export` write nothing, even in a read-only folder.
+        self.plain_settings = settings
+        self._settings: Settings | None = None
         self._engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings with the secret key links are signed with."""
+        if self._settings is None:
+            try:
+                self._settings = with_kept_secret_key(self.plain_settings)
+            except ValueError as exc:
+                raise click.ClickException(f"bad settings: {exc}") from exc
+        return self._settings
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
+            self._engine = make_engine(self.plain_settings.database_url)
             create_schema(self._engine)
         return self._engine
 
@@ -64,7 +77,7 @@ def _fail(message: str) -> None:
 def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
     try:
-        settings = get_settings()
+        settings = Settings()
     except ValueError as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
     ctx.obj = App(settings)
@@ -633,7 +646,7 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
 
     papers, bad_papers = read(papers_file, read_rank_papers)
     profiles, bad_profiles = read(profiles_file, read_profiles)
-    config = dataclasses.replace(services.ranking_config(app.settings), top_k=top)
+    config = dataclasses.replace(services.ranking_config(app.plain_settings), top_k=top)
     model = TopicModel.fit([p.text for p in papers]) if papers else None
     batch = 500
     with click.progressbar(

@@ -151,3 +151,16 @@ def test_a_worker_refuses_to_send_mail_with_the_public_key(tmp_path):
     assert result.returncode == 1
     assert "refusing to start with the public development DIGEST_SECRET_KEY" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_the_cli_keeps_a_key_only_for_commands_that_sign_links(tmp_path):
+    run(["papers", "export"], cwd=tmp_path)
+    assert not (tmp_path / "instance").exists()
+    run(["demo"], cwd=tmp_path)
+    key = (tmp_path / "instance" / "secret_key").read_text().strip()
+    # The demo's emails carry links signed with the kept key.
+    (eml, *_) = sorted((tmp_path / "outbox").glob("*.eml"))
+    text = eml.read_text()
+    token = text.split("/unsubscribe/", 1)[1].split()[0].rstrip(">,")
+    assert "s" in read_token(key, Purpose.UNSUBSCRIBE, token)
