@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+import secrets
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +17,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from digest.resources import data_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Public (it is in the source): accepted only when set on purpose, and then only by a server on
+# a loopback address in development. Never a default.
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
+SECRET_KEY_FILE = "secret_key"
+MIN_SECRET_KEY_CHARS = 16
 ARXIV_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 
 
@@ -22,7 +29,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIGEST_", extra="ignore")
 
     env: Literal["development", "test", "production"] = "development"
-    secret_key: str = DEV_SECRET_KEY
+    # Signs every link in emails. Unset, a process gets a random key of its own, and the edges
+    # (CLI, web app, worker: get_settings) keep one in data_dir, created on first run, so that
+    # the links one process signs work in the others and after a restart.
+    secret_key: str = Field(default_factory=lambda: secrets.token_urlsafe(32))
+    # What the service creates for itself (the generated secret key). Give the web app, the
+    # worker and the CLI the same absolute path, or set DIGEST_SECRET_KEY for all of them.
+    data_dir: Path = Path("instance")
 
     database_url: str = "sqlite:///digest.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -155,8 +168,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
+        # Several hosts of a production deployment must share one key: none is made up there.
         if self.env == "production" and (
-            self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < 16
+            not self.secret_key_is_set
+            or self.secret_key == DEV_SECRET_KEY
+            or len(self.secret_key) < MIN_SECRET_KEY_CHARS
         ):
             raise ValueError(
                 "DIGEST_SECRET_KEY must be set to a long random value when DIGEST_ENV=production"
@@ -164,11 +180,88 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def secret_key_is_set(self) -> bool:
+        return "secret_key" in self.model_fields_set
+
+    @property
     def uses_default_secret(self) -> bool:
         return self.secret_key == DEV_SECRET_KEY
 
 
+HOW_TO_SET_A_KEY = (
+    "set DIGEST_SECRET_KEY to a long random value, e.g. "
+    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+
+
+def with_kept_secret_key(settings: Settings) -> Settings:
+    """`settings` with the key kept in data_dir when DIGEST_SECRET_KEY is not set: read if it
+    is there, else created (random, readable by this user only) and kept for every later run.
+
+    A ValueError says what to do when the folder cannot be written or the file is unusable.
+    """
+    if settings.secret_key_is_set:
+        return settings
+    path = settings.data_dir / SECRET_KEY_FILE
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        try:
+            # O_EXCL: processes starting together agree on the one that wrote it first.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = path.read_text(encoding="ascii").strip()
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(key + "\n")
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(
+            f"DIGEST_SECRET_KEY is not set and the key file {path} cannot be kept "
+            f"({exc.__class__.__name__}: {exc}): {HOW_TO_SET_A_KEY}, "
+            "or DIGEST_DATA_DIR to a folder this user can write"
+        ) from None
+    if len(key) < MIN_SECRET_KEY_CHARS or key == DEV_SECRET_KEY:
+        raise ValueError(
+            f"the key in {path} is empty, short or public: delete it, or {HOW_TO_SET_A_KEY}"
+        )
+    return settings.model_copy(update={"secret_key": key})
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def public_key_refusal(settings: Settings, *, host: str | None = None) -> str | None:
+    """Why `settings` must not sign links here, in one line, or None when they may.
+
+    The public development key is for a server on a loopback address in development only:
+    anyone can forge links signed with it. `host` is the address a server listens on; a
+    process without one (the worker, which signs links in emails) never may use it, except
+    in development with a mailer that sends nothing out (file or console).
+    """
+    if not settings.uses_default_secret:
+        return None
+    if settings.env != "development":
+        where = f"DIGEST_ENV={settings.env}"
+    elif host is not None and not is_loopback(host):
+        where = f"listening on {host}, not a loopback address"
+    elif host is None and settings.mailer == "smtp":
+        where = "sending mail through SMTP"
+    else:
+        return None
+    return (
+        f"refusing to start with the public development DIGEST_SECRET_KEY ({where}): "
+        + HOW_TO_SET_A_KEY
+    )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once at the edges (CLI, web app, Celery app)."""
-    return Settings()
+    """The process-wide settings, read once at the edges (CLI, web app, Celery app), with the
+    secret key kept in data_dir when none is set."""
+    return with_kept_secret_key(Settings())

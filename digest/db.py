@@ -209,7 +209,16 @@ def schema_lock(engine: Engine) -> Iterator[Connection]:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             with engine.connect() as connection:
-                yield connection
+                # SQLite's recipe for changing a table that others refer to (a copy, then a
+                # drop of the original): foreign keys off meanwhile. The pragma is a no-op
+                # inside a transaction, so it comes first, and is restored on the pooled
+                # connection after.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                try:
+                    yield connection
+                finally:
+                    connection.rollback()
+                    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 

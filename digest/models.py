@@ -77,6 +77,11 @@ class Frequency(StrEnum):
 
 
 class Subscriber(SQLModel, table=True):
+    # Signed links name a subscriber by id: an id is never given again, on SQLite too (without
+    # AUTOINCREMENT it reuses the highest id after a removal, and old links would act on the
+    # newcomer). PostgreSQL's sequences never go back.
+    __table_args__ = {"sqlite_autoincrement": True}
+
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(index=True, unique=True, max_length=320)
     status: str = Field(default=SubscriberStatus.PENDING.value, index=True)
@@ -166,3 +171,15 @@ class Run(SQLModel, table=True):
     finished_at: dt.datetime | None = _utc_column()
     status: str = "running"  # running, ok, partial, failed
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class InboundMessage(SQLModel, table=True):
+    """A mailed request already acted on (or refused), so a mailbox read twice changes nothing:
+    its fingerprint (Message-ID, or the raw bytes when it has none, with its tokens) and the
+    hash of the token it used. Only hashes are kept: a token is a signed link."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(unique=True, max_length=64)
+    token_hash: str | None = Field(default=None, index=True, max_length=64)
+    result: str = Field(max_length=40)
+    processed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -10,13 +10,24 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _ARXIV_NEW = re.compile(r"^(\d{4}\.\d{4,5})(v\d+)?$")
 _ARXIV_OLD = re.compile(r"^([a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
 _TAG = re.compile(r"<[^>]{1,200}>")
+
+# Caps on what one line of a paper file may hold. A real paper line is a few kB; arXiv caps an
+# abstract at 1,920 characters and the longest author lists (collaborations) run to thousands.
+MAX_LINE_BYTES = 1_000_000
+MAX_TEXT_CHARS = 20_000
+MAX_NAME_CHARS = 500
+MAX_AUTHORS = 5_000
+MAX_LABELS = 100
+MAX_URL_CHARS = 2_000
+_READ_CHUNK = 64 * 1024
 
 
 _NEWLINE_TAB = str.maketrans("", "", "\n\t")
@@ -28,10 +39,12 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 def clean_text(value: str) -> str:
     """Unicode-normalised text with markup tags and runs of whitespace removed."""
     value = unicodedata.normalize("NFKC", value)
-    if "<" in value:
-        value = _TAG.sub(" ", value)
+    # Entities first: `&lt;script&gt;` is markup once decoded, and must go with the other tags
+    # rather than reach a Subject or a text part as `<script>`.
     if "&" in value:
         value = html.unescape(value)
+    if "<" in value:
+        value = _TAG.sub(" ", value)
     # The per-character filter is the slow part of a bulk import; str.isprintable() is False
     # whenever a control/format character is present, so clean text skips the filter.
     if not value.translate(_NEWLINE_TAB).isprintable():
@@ -52,6 +65,26 @@ def normalize_arxiv_id(raw: str) -> str | None:
         if match:
             return match.group(1)
     return None
+
+
+def safe_url(value: object) -> str | None:
+    """`value` if it is an absolute http(s) URL that can go in an href as it is, else None.
+
+    Anything else (javascript:, data:, vbscript:, relative or protocol-relative URLs, control
+    characters or spaces that browsers strip before reading the scheme) is refused: a link to
+    a paper must never run script on the page that shows it.
+    """
+    if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
+        return None
+    if not value.isascii() or not value.isprintable() or " " in value or "\\" in value:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return value
 
 
 def title_id(title: str) -> str:
@@ -81,22 +114,28 @@ class PaperIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    id: str = ""
-    title: str
-    abstract: str = Field(default="", validation_alias=AliasChoices("abstract", "summary"))
-    authors: list[str] = Field(default_factory=list)
+    id: str = Field(default="", max_length=MAX_NAME_CHARS)
+    title: str = Field(max_length=MAX_TEXT_CHARS)
+    abstract: str = Field(
+        default="",
+        validation_alias=AliasChoices("abstract", "summary"),
+        max_length=MAX_TEXT_CHARS,
+    )
+    authors: list[str] = Field(default_factory=list, max_length=MAX_AUTHORS)
     published: dt.datetime | None = None
-    url: str | None = Field(default=None, validation_alias=AliasChoices("url", "abs"))
-    categories: list[str] = Field(default_factory=list)
+    url: str | None = Field(
+        default=None, validation_alias=AliasChoices("url", "abs"), max_length=MAX_URL_CHARS
+    )
+    categories: list[str] = Field(default_factory=list, max_length=MAX_LABELS)
     upvotes: int | None = Field(default=None, ge=0)
     comments: int | None = Field(default=None, ge=0)
-    source: str | None = None
+    source: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     first_seen: dt.datetime | None = None
-    github_repo: str | None = None
+    github_repo: str | None = Field(default=None, max_length=MAX_URL_CHARS)
     github_stars: int | None = Field(default=None, ge=0)
-    ai_summary: str | None = None
-    ai_keywords: list[str] = Field(default_factory=list)
-    comment: str | None = None
+    ai_summary: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    ai_keywords: list[str] = Field(default_factory=list, max_length=MAX_LABELS)
+    comment: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
 
     @field_validator("title", mode="after")
     @classmethod
@@ -111,6 +150,17 @@ class PaperIn(BaseModel):
     def _text(cls, value: Any) -> Any:
         return clean_text(value) if isinstance(value, str) else value
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> Any:
+        # Only http(s) links are kept. Anything else is dropped, not the paper: the URL is
+        # optional (a digest then links to the paper's page on our site), and the same model
+        # reads `digest rank` files and sources, where losing a paper over its link would
+        # change the picks.
+        if isinstance(value, str):
+            return safe_url(value.strip())
+        return value
+
     @field_validator("authors", mode="before")
     @classmethod
     def _authors(cls, value: Any) -> Any:
@@ -118,10 +168,16 @@ class PaperIn(BaseModel):
             return []
         if isinstance(value, str):
             value = [part for part in re.split(r",| and ", value)]
+        if not isinstance(value, list):
+            raise ValueError("must be a list of names or a comma-separated string")
         names = []
         for author in value:
-            name = author.get("name", "") if isinstance(author, dict) else str(author)
-            name = clean_text(name)
+            name = author.get("name", "") if isinstance(author, dict) else author
+            if not isinstance(name, str | int | float):
+                raise ValueError("each author must be a name or an object with a name")
+            # Cut, like a long title, rather than refused: real feeds hold run-together author
+            # lists in one name (a 512-character one in the 75k corpus).
+            name = clean_text(str(name)[: MAX_NAME_CHARS * 4])[:MAX_NAME_CHARS]
             if name:
                 names.append(name)
         return names
@@ -131,7 +187,18 @@ class PaperIn(BaseModel):
     def _string_list(cls, value: Any) -> Any:
         if value is None:
             return []
-        return [clean_text(str(item)) for item in value if str(item).strip()]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError("must be a list of strings")
+        labels = []
+        for item in value:
+            if not isinstance(item, str | int | float):
+                raise ValueError("must be a list of strings")
+            label = clean_text(str(item)[: MAX_NAME_CHARS * 4])[:MAX_NAME_CHARS]
+            if label:
+                labels.append(label)
+        return labels
 
     @field_validator("published", "first_seen", mode="before")
     @classmethod
@@ -160,16 +227,68 @@ class BadLine:
     error: str
 
 
+@dataclass(frozen=True)
+class OversizeLine:
+    """A line longer than the cap, skipped without being held in memory."""
+
+    size: int  # bytes
+
+
+class ByteLines(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def read_lines(
+    stream: ByteLines, max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[bytes | OversizeLine]:
+    """Each line of a binary stream (a file, a GzipFile), or an OversizeLine in place of one
+    longer than `max_bytes`: memory stays bounded whatever the file holds, a 200 MB line in a
+    small gzip included."""
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = stream.readline(_READ_CHUNK)
+            if not line:
+                break
+            size += len(line)
+        yield OversizeLine(size)
+
+
+def _decode_line(line: str | bytes | OversizeLine) -> str:
+    if isinstance(line, OversizeLine):
+        raise ValueError(
+            f"line is {line.size:,} bytes, over the limit of {MAX_LINE_BYTES:,}: skipped"
+        )
+    if isinstance(line, bytes):
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not valid UTF-8 (byte {exc.start + 1} of the line)") from None
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"line is over the limit of {MAX_LINE_BYTES:,} characters: skipped")
+    return line
+
+
 def read_json_lines(
-    lines: Iterable[str], model: type[ModelT], what: str
+    lines: Iterable[str | bytes | OversizeLine], model: type[ModelT], what: str
 ) -> Iterator[ModelT | BadLine]:
     """Each line as a `model`, or a BadLine saying why it could not be read (`what` names the
-    thing in errors); blank lines are skipped."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    thing in errors); blank lines are skipped. Lines may be text, or bytes from read_lines."""
+    for number, raw in enumerate(lines, start=1):
         try:
-            data = json.loads(line)
+            line = _decode_line(raw)
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except RecursionError:
+                raise ValueError("JSON nested too deeply") from None
             if not isinstance(data, dict):
                 raise ValueError("a line must hold one JSON object")
             yield model.model_validate(data)
@@ -177,11 +296,13 @@ def read_json_lines(
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or what
             yield BadLine(number, f"{where}: {first['msg']}")
-        except ValueError as exc:
-            yield BadLine(number, str(exc))
+        except RecursionError:
+            yield BadLine(number, f"{what}: a value is nested too deeply")
+        except (ValueError, TypeError) as exc:
+            yield BadLine(number, str(exc) or type(exc).__name__)
 
 
-def read_papers(lines: Iterable[str]) -> Iterator[PaperIn | BadLine]:
+def read_papers(lines: Iterable[str | bytes | OversizeLine]) -> Iterator[PaperIn | BadLine]:
     """Each line's paper, or a BadLine saying why it could not be read; blank lines are skipped."""
     return read_json_lines(lines, PaperIn, "paper")
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.models import Paper
-from digest.papers import BadLine, PaperIn, read_papers
+from digest.papers import BadLine, OversizeLine, PaperIn, read_papers
 from digest.suggestions import suggest_topics
 
 Progress = Callable[[int], None]
@@ -218,7 +218,7 @@ class ImportReport:
 def import_papers(
     *,
     session: Session,
-    lines: Iterable[str],
+    lines: Iterable[str | bytes | OversizeLine],
     now: dt.datetime,
     batch_size: int = 2000,
     progress: Progress | None = None,

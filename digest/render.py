@@ -19,18 +19,37 @@ from typing import NamedTuple
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from digest.papers import safe_url
+
+
+def href(value: object) -> str:
+    """The `safe_url` filter of every template: a paper's URL if it is http(s), else "".
+
+    Checked again here, not only when a paper is stored, so that a URL from an older store or
+    a source that skipped validation never becomes a `javascript:` link.
+    """
+    return safe_url(value) or ""
+
+
+def install_filters(env: Environment) -> Environment:
+    """The filters our templates use, on any Jinja environment (ours, or Flask's)."""
+    env.filters["safe_url"] = href
+    return env
+
 
 @lru_cache(maxsize=8)
 def template_environment(templates_dir: Path) -> Environment:
-    return Environment(
-        loader=FileSystemLoader(str(templates_dir)),
-        autoescape=select_autoescape(["html", "xml"], default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        # Templates change with a deploy, not while a worker runs: no stat() per render.
-        auto_reload=False,
+    return install_filters(
+        Environment(
+            loader=FileSystemLoader(str(templates_dir)),
+            autoescape=select_autoescape(["html", "xml"], default_for_string=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            # Templates change with a deploy, not while a worker runs: no stat() per render.
+            auto_reload=False,
+        )
     )
 
 

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -34,6 +35,9 @@ REQUIRE_SERVICES = os.environ.get("DIGEST_TEST_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "")
 REDIS_URL = os.environ.get("DIGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "test-secret-key-0123456789abcdef"
+# Modules that build the process-wide settings on import (workers.app) keep a generated secret
+# key in DIGEST_DATA_DIR: in a test run, a folder of its own rather than the checkout.
+os.environ.setdefault("DIGEST_DATA_DIR", str(Path(tempfile.mkdtemp(prefix="digest-test-data-"))))
 
 
 def service_missing(what: str) -> None:

@@ -237,6 +237,14 @@ def test_a_database_made_before_migrations_upgrades_with_every_row_kept(
         assert [d.state for d in deliveries] == ["sent", "failed", "skipped", "sending"]
     listed = cli(["subscribers", "list"], fresh_url, tmp_path)
     assert listed.returncode == 0 and "s0@example.com" in listed.stdout
+    if engine.dialect.name == "sqlite":
+        # Ids are never reused from now on (issue 17): the table was copied with AUTOINCREMENT.
+        with engine.connect() as connection:
+            table_sql = connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'subscriber'"
+            ).scalar_one()
+            assert "AUTOINCREMENT" in table_sql
+            assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
     engine.dispose()
 
 

@@ -378,16 +378,15 @@ def test_digest_serve_and_the_wsgi_entry_point_refuse_the_default_secret_key(
     tmp_path, env, message
 ):
     port = str(free_port())
-    served = run(
-        ["serve", "--port", port], cwd=tmp_path, env_extra={"DIGEST_ENV": env}, check=False
-    )
+    public = {"DIGEST_ENV": env, "DIGEST_SECRET_KEY": DEV_SECRET_KEY}
+    served = run(["serve", "--port", port], cwd=tmp_path, env_extra=public, check=False)
     assert served.returncode == 1 and message in served.stderr, served.stderr
     wsgi = subprocess.run(
         [WAITRESS, "--port", port, "--call", "digest.web:wsgi_app"],
         cwd=tmp_path,
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")},
-            "DIGEST_ENV": env,
+            **public,
         },
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ import sys
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_init
 
-from digest.config import Settings, get_settings
+from digest.config import Settings, get_settings, public_key_refusal
 from workers.schedule import beat_schedule
 
 
@@ -41,6 +41,14 @@ def limit_blas_threads(threads: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads, user_api="blas")
+
+
+@worker_init.connect
+def _refuse_the_public_key(**_: object) -> None:
+    """The worker signs the links in emails: never with the public development key."""
+    refusal = public_key_refusal(get_settings())
+    if refusal:
+        raise SystemExit(f"error: {refusal}")
 
 
 @worker_init.connect

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsError
 
 from digest.cli import admin, database, papers, send, subscribers
 from digest.cli.common import App
-from digest.config import get_settings
+from digest.config import Settings
 
 
 @click.group()
@@ -19,7 +19,7 @@ from digest.config import get_settings
 def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
     try:
-        settings = get_settings()
+        settings = Settings()
     except (ValidationError, SettingsError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
     ctx.obj = App(settings)

@@ -59,12 +59,16 @@ def serve(app: App, host: str, port: int) -> None:
     """Run the web app (subscribe, confirm, unsubscribe, preferences) with waitress."""
     from waitress import serve as waitress_serve
 
+    from digest.config import public_key_refusal
     from digest.web import InsecureSecretKey, check_secret_key, create_app
 
     try:
         check_secret_key(app.settings)
     except InsecureSecretKey as exc:
         raise click.ClickException(str(exc)) from exc
+    refusal = public_key_refusal(app.settings, host=host)
+    if refusal:
+        raise click.ClickException(refusal)
     if app.settings.uses_default_secret:
         click.echo(
             "warning: signing links with the default development secret key; "

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from digest import db
-from digest.config import Settings
+from digest.config import Settings, with_kept_secret_key
 from digest.db import make_engine, session_scope
 from digest.mailer import Mailer, mailer_for
 
@@ -25,13 +25,26 @@ class App:
     """What every command needs: settings, and lazily the engine and the mailer."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        # As read; the secret key is kept (or created) only for a command that signs links,
+        # so that `digest rank` or `papers export` write nothing, even in a read-only folder.
+        self.plain_settings = settings
+        self._settings: Settings | None = None
         self._engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings with the secret key links are signed with."""
+        if self._settings is None:
+            try:
+                self._settings = with_kept_secret_key(self.plain_settings)
+            except ValueError as exc:
+                raise click.ClickException(f"bad settings: {exc}") from exc
+        return self._settings
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
+            self._engine = make_engine(self.plain_settings.database_url)
             with schema_errors():
                 db.require_current_schema(self._engine)
         return self._engine

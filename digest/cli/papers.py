@@ -88,17 +88,17 @@ def papers() -> None:
 def papers_import(app: App, file: Path) -> None:
     """Import a .jsonl (or .jsonl.gz) paper file; bad lines are reported, good ones kept."""
     import gzip
-    import io
+
+    from digest.papers import read_lines
 
     # Progress is measured in bytes of the file as stored, so the file is read only once.
+    # Lines are read as bytes, each bounded in size: a bad one is reported, never fatal.
     with file.open("rb") as raw, app.session() as session:
         binary = gzip.GzipFile(fileobj=raw) if file.suffix == ".gz" else raw
-        with (
-            io.TextIOWrapper(binary, encoding="utf-8") as handle,
-            click.progressbar(
-                length=file.stat().st_size, label=f"Importing {file.name}", file=sys.stderr
-            ) as bar,
-        ):
+        handle = read_lines(binary)
+        with click.progressbar(
+            length=file.stat().st_size, label=f"Importing {file.name}", file=sys.stderr
+        ) as bar:
             done = 0
 
             def progress(_papers: int) -> None:
@@ -208,7 +208,7 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
 
     papers, bad_papers = read(papers_file, read_rank_papers)
     profiles, bad_profiles = read(profiles_file, read_profiles)
-    config = dataclasses.replace(digests.ranking_config(app.settings), top_k=top)
+    config = dataclasses.replace(digests.ranking_config(app.plain_settings), top_k=top)
     model = TopicModel.fit([p.text for p in papers]) if papers else None
     batch = 500
     with click.progressbar(

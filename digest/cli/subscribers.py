@@ -102,8 +102,9 @@ def unsubscribes_process(app: App, path: Path) -> None:
     """Honour the unsubscribe emails in PATH (an mbox file or a maildir).
 
     Each message must carry the signed token of its List-Unsubscribe mailto: link in the
-    subject (or body); forged, altered or missing tokens are refused and change nothing.
-    Processing the same mailbox twice is harmless.
+    subject (or body); forged, altered or missing tokens are refused and change nothing, and
+    a malformed message is reported and skipped. Each message is remembered once read, so
+    processing the same mailbox again changes nothing.
     """
     from digest import inbound
 
@@ -125,7 +126,7 @@ def unsubscribes_process(app: App, path: Path) -> None:
     click.echo(
         f"processed {report.processed}, unsubscribed {report.count('unsubscribed')}, "
         f"already unsubscribed {report.count('already unsubscribed')}, "
-        f"refused {report.count('refused')}"
+        f"refused {report.count('refused')}, seen before {report.count('seen before')}"
     )
     for o in report.outcomes:
         who = o.email or o.sender or "(no sender)"

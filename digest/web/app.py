@@ -18,10 +18,12 @@ from sqlalchemy.engine import Engine
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from digest.addresses import inbox_key
 from digest.config import Settings, get_settings
 from digest.db import make_engine, require_current_schema
 from digest.errors import UserError
 from digest.mailer import Mailer, mailer_for
+from digest.render import install_filters
 from digest.subscribers import normalize_email
 from digest.web import views
 
@@ -53,8 +55,10 @@ def target_address_key(secret_key: str) -> Callable[[], str]:
         try:
             address = normalize_email(raw)
         except UserError:
-            address = " ".join(raw.split()).lower()[:320]
-        digest = hmac.new(secret_key.encode(), address.encode(), hashlib.sha256)
+            address = raw
+        # Keyed by inbox: bomb+1@, bomb+2@ and b.o.m.b@gmail.com all reach one person.
+        key = inbox_key(address)
+        digest = hmac.new(secret_key.encode(), key.encode(), hashlib.sha256)
         return "to:" + digest.hexdigest()[:32]
 
     return key
@@ -88,6 +92,7 @@ def create_app(
 ) -> Flask:
     check_secret_key(settings)
     app = Flask(__name__, template_folder=str(settings.templates_dir))
+    install_filters(app.jinja_env)
     if settings.trusted_proxy_hops:
         # Behind a reverse proxy the client address is in X-Forwarded-For: rate limits key on it.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
