@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 from sqlalchemy.engine import Engine
@@ -262,6 +263,21 @@ def _elapsed(delta: dt.timedelta) -> str:
     return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} days"
 
 
+def _encoder_line(settings: Settings) -> str:
+    """Which relevance backend is active, and whether its model loads."""
+    from digest.encoder import MODEL_NAME, load_encoder
+
+    if settings.encoder == "tfidf":
+        return "encoder: tfidf (DIGEST_ENCODER=tfidf, no paper embeddings)"
+    try:
+        encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
+    except Exception as exc:  # a broken install: say so, the status goes on
+        return f"encoder: {MODEL_NAME} FAILS TO LOAD ({exc}); ranking falls back to tfidf"
+    if encoder is None:
+        return f"encoder: {MODEL_NAME} not installed; ranking falls back to tfidf"
+    return f"encoder: {encoder.model_key} (loads ok)"
+
+
 @main.command()
 @click.option("--limit", default=10, show_default=True)
 @pass_app
@@ -287,6 +303,7 @@ def status(app: App, limit: int) -> None:
                 click.echo(f"    {line}")
             continue
         click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {json.dumps(run.summary)}")
+    click.echo(_encoder_line(app.settings))
     with app.session() as session:
         counts = delivery.delivery_counts(session=session, days=3)
     for day, states in counts.items():
@@ -473,6 +490,42 @@ def papers_import(app: App, file: Path) -> None:
         click.echo(f"  ... and {len(report.bad_lines) - 20} more", err=True)
 
 
+@papers.command("embed")
+@click.option("--since", "since_text", metavar="DATE", help="Only papers first seen on or after.")
+@pass_app
+def papers_embed(app: App, since_text: str | None) -> None:
+    """Encode the papers that have no embedding for the active encoder (resumable: each batch
+    is committed, and a second run finds nothing to do)."""
+    from digest.embedding_store import embed_missing_papers
+    from digest.encoder import load_encoder
+
+    since_day = _parse_date(since_text)
+    since = dt.datetime.combine(since_day, dt.time(0), tzinfo=dt.UTC) if since_day else None
+    encoder = load_encoder(kind=app.settings.encoder, threads=app.settings.encoder_threads)
+    if encoder is None:
+        _fail(f"no encoder: DIGEST_ENCODER={app.settings.encoder} or the model is not installed")
+        return
+    with app.session() as session, contextlib.ExitStack() as stack:
+        bars: list[Any] = []
+
+        def on_total(total: int) -> None:
+            bars.append(
+                stack.enter_context(
+                    click.progressbar(length=total, label="Embedding", file=sys.stderr)
+                )
+            )
+
+        done = embed_missing_papers(
+            session=session,
+            encoder=encoder,
+            since=since,
+            batch_size=app.settings.embed_batch_size,
+            on_total=on_total,
+            progress=lambda n: bars[0].update(n),
+        )
+    click.echo(f"Embedded {done} papers with {encoder.model_key}")
+
+
 @papers.command("export")
 @click.option("--out", type=click.File("w", encoding="utf-8"), default="-")
 @pass_app
@@ -593,7 +646,6 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     import dataclasses
     import gzip
     from collections.abc import Callable, Iterable
-    from typing import Any
 
     from digest.papers import BadLine
     from digest.rankfile import read_profiles, read_rank_papers, result_line
@@ -631,6 +683,19 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     profiles, bad_profiles = read(profiles_file, read_profiles)
     config = dataclasses.replace(services.ranking_config(app.settings), top_k=top)
     model = TopicModel.fit([p.text for p in papers]) if papers else None
+    # The papers' embeddings, for the dense part of the ranking; a paper seen by an earlier run
+    # (same model, same text) comes from the cache instead of the encoder.
+    from digest.embedding_store import cache_for, paper_embeddings
+    from digest.encoder import load_encoder
+
+    encoder = load_encoder(kind=app.settings.encoder, threads=app.settings.encoder_threads)
+    if encoder is not None and papers:
+        cache = cache_for(app.settings.cache_dir)
+        paper_embeddings(encoder=encoder, papers=papers, cache=cache)
+        click.echo(
+            f"Embeddings: {cache.hits} cached, {cache.misses} encoded ({encoder.model_key})",
+            err=True,
+        )
     batch = 500
     with click.progressbar(
         length=len(profiles), label="Ranking", file=sys.stderr, hidden=not sys.stderr.isatty()
