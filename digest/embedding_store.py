@@ -111,9 +111,12 @@ def load_embeddings(
     """The stored vectors of `paper_ids` under `model`, as rows in the order asked."""
     matrix = np.zeros((len(paper_ids), dim), dtype=np.float32)
     found = np.zeros(len(paper_ids), dtype=bool)
-    position = {paper_id: i for i, paper_id in enumerate(paper_ids)}
-    for start in range(0, len(paper_ids), 5000):
-        chunk = paper_ids[start : start + 5000]
+    position: dict[str, list[int]] = {}
+    for i, paper_id in enumerate(paper_ids):
+        position.setdefault(paper_id, []).append(i)
+    unique = list(position)
+    for start in range(0, len(unique), 5000):
+        chunk = unique[start : start + 5000]
         rows = session.execute(
             select(
                 col(PaperEmbedding.paper_id), col(PaperEmbedding.scale), col(PaperEmbedding.vector)
@@ -125,10 +128,11 @@ def load_embeddings(
         ).all()
         if not rows:
             continue
-        index = np.array([position[r[0]] for r in rows])
         values = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.int8).reshape(-1, dim)
-        matrix[index] = dequantize(values, np.array([r[1] for r in rows], dtype=np.float32))
-        found[index] = True
+        vectors = dequantize(values, np.array([r[1] for r in rows], dtype=np.float32))
+        for row, vector in zip(rows, vectors, strict=True):
+            matrix[position[row[0]]] = vector
+            found[position[row[0]]] = True
     return Embeddings(matrix=matrix, found=found)
 
 

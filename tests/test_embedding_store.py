@@ -146,11 +146,12 @@ def test_ranker_gets_every_row_and_missing_ones_are_encoded_once(engine):
         first = CountingEncoder()
         embed_missing_papers(session=session, encoder=first, batch_size=10)
         extra = add_papers(session, 2, start=100)
-        asked = [extra[0], papers[1], extra[1], papers[0]]
+        asked = [extra[0], papers[1], extra[1], papers[0], papers[1], extra[0]]
         encoder = CountingEncoder()
         matrix = paper_embeddings(encoder=encoder, papers=asked, session=session)
-        assert matrix.shape == (4, DIMENSION)
-        assert len(encoder.texts) == 2  # only the two without a stored vector
+        assert matrix.shape == (6, DIMENSION)
+        assert len(encoder.texts) == 3  # only the ones without a stored vector (one twice)
+        assert np.array_equal(matrix[1], matrix[4]) and np.array_equal(matrix[0], matrix[5])
         session.commit()
         again = CountingEncoder()
         assert np.array_equal(
