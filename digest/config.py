@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     weight_topic: float = Field(default=0.6, ge=0)
     weight_recency: float = Field(default=0.25, ge=0)
     weight_trending: float = Field(default=0.15, ge=0)
+    # Paper embeddings (digest/encoder.py): "minilm" encodes each paper once, after ingestion;
+    # "tfidf" runs without an encoder (also the fallback when the model is not installed).
+    encoder: Literal["minilm", "tfidf"] = "minilm"
+    # onnxruntime threads per encoding process; like worker_blas_threads, one per process.
+    encoder_threads: int = Field(default=1, ge=1, le=64)
+    # Papers encoded and committed together by `digest papers embed` and the embed task.
+    embed_batch_size: int = Field(default=256, ge=1)
 
     # Schedule.
     default_send_hour: int = Field(default=7, ge=0, le=23)

@@ -18,11 +18,21 @@ from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.db import one_of
+from digest.embedding_store import paper_embeddings
+from digest.encoder import load_encoder
 from digest.errors import UserError
 from digest.links import signed_link
 from digest.models import Delivery, DeliveryItem, DeliveryState, Feedback, Paper, Subscriber
 from digest.paperstore import candidate_papers
-from digest.ranking import Pick, Profile, RankingConfig, RankPaper, rank_papers
+from digest.ranking import (
+    Pick,
+    PreparedCorpus,
+    Profile,
+    RankingConfig,
+    RankPaper,
+    prepare_corpus,
+    rank_prepared,
+)
 from digest.render import (
     DigestContext,
     DigestEntry,
@@ -144,14 +154,38 @@ class Ranked:
     candidates: int
 
 
+def prepare_candidates(
+    *, session: Session, settings: Settings, papers: Sequence[Paper], as_of: dt.datetime
+) -> PreparedCorpus:
+    """The candidates prepared for ranking: with the active encoder, their stored embeddings
+    (a paper not encoded yet is encoded now and stored) for hybrid relevance; without one,
+    TF-IDF alone."""
+    encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
+    embeddings = None
+    if encoder is not None and papers:
+        embeddings = paper_embeddings(encoder=encoder, papers=papers, session=session)
+    return prepare_corpus(
+        [RankPaper.of(p) for p in papers],
+        now=as_of,
+        config=ranking_config(settings),
+        encoder=encoder.encode if encoder is not None else None,
+        embeddings=embeddings,
+    )
+
+
 def rank_for(
     *, session: Session, settings: Settings, subscribers: Sequence[Subscriber], as_of: dt.datetime
 ) -> Ranked:
     """Rank the candidate papers for every subscriber in one batch."""
     papers = candidate_papers(session=session, as_of=as_of, days=settings.candidate_days)
     profiles = profiles_for(session=session, subscribers=subscribers)
-    picks = rank_papers(
-        [RankPaper.of(p) for p in papers], profiles, now=as_of, config=ranking_config(settings)
+    picks = (
+        rank_prepared(
+            prepare_candidates(session=session, settings=settings, papers=papers, as_of=as_of),
+            profiles,
+        )
+        if papers
+        else [[] for _ in profiles]
     )
     return Ranked(
         picks={s.id: p for s, p in zip(subscribers, picks, strict=True) if s.id is not None},

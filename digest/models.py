@@ -6,7 +6,7 @@ import datetime as dt
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -62,6 +62,25 @@ class Paper(SQLModel, table=True):
     ai_keywords: list[str] = _json_list()
     comment: str | None = None
     sources: list[str] = _json_list()
+
+
+class PaperEmbedding(SQLModel, table=True):
+    """A paper's sentence embedding under one encoder (digest/encoder.py), stored as int8.
+
+    `model` is the encoder's name@version: vectors of two models are never mixed, a new model
+    simply finds every paper missing. The unit vector is kept as int8 with one float scale
+    (value = int8 * scale): 384 bytes + the scale per paper, cosine to the float32 vector
+    above 0.9999. No foreign key, like DeliveryItem: written in bulk after ingestion, and
+    looked up only by (model, paper).
+    """
+
+    __tablename__ = "paper_embedding"
+
+    model: str = Field(primary_key=True, max_length=100)
+    paper_id: str = Field(primary_key=True, max_length=200)
+    dim: int
+    scale: float
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class SubscriberStatus(StrEnum):

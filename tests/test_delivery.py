@@ -157,7 +157,7 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
         def no_fitting(*args, **kwargs):
             raise AssertionError("prepared again instead of loaded")
 
-        monkeypatch.setattr(corpus_cache, "prepare_corpus", no_fitting)
+        monkeypatch.setattr(corpus_cache, "prepare_candidates", no_fitting)
         second = delivery.CorpusCache(directory=tmp_path / "cache")
         loaded, _ = second.get(
             session=session, settings=db_settings, digest_date=NOW.date(), now=NOW

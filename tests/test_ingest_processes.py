@@ -105,10 +105,13 @@ def test_a_worker_process_runs_the_ingest_task(
         result = celery_client.send_task(
             "workers.tasks.ingest", kwargs={"source": "hf", "day": "2026-06-12"}
         ).get(timeout=60)
+        # The ingest run queues the encoding of its new papers.
+        embedded = wait_for_embeddings(celery_settings.database_url, 30, timeout=180)
     finally:
         worker.stop()
     (summary,) = result["runs"]
     assert (summary["status"], summary["new"], summary["date"]) == ("ok", 30, "2026-06-12")
+    assert embedded == 30
     engine = make_engine(celery_settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
@@ -116,6 +119,27 @@ def test_a_worker_process_runs_the_ingest_task(
         paper = session.get(Paper, "2606.00467")
         assert paper is not None and paper.first_seen == dt.datetime(2026, 6, 12, tzinfo=dt.UTC)
     engine.dispose()
+
+
+def wait_for_embeddings(database_url: str, count: int, *, timeout: float) -> int:
+    import time
+
+    from sqlmodel import func
+
+    from digest.models import PaperEmbedding
+
+    engine = make_engine(database_url)
+    create_schema(engine)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with Session(engine) as session:
+                done = session.exec(select(func.count()).select_from(PaperEmbedding)).one()
+            if done >= count or time.monotonic() > deadline:
+                return done
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
 
 
 def test_papers_import_reads_a_gzipped_corpus_keeps_first_seen_and_reimports_nothing(tmp_path):

@@ -429,7 +429,7 @@ def test_an_encoder_lets_a_paper_match_a_topic_without_sharing_its_words():
     assert encoder.calls >= 2  # the candidates, then the topics
     # The encoder reads each paper as the embedding methods do, its title once (a model reads
     # a bounded number of word pieces: a repeated title would push out the abstract's end).
-    assert "Quadruped walking. Quadruped walking." in encoder.texts
+    assert "Quadruped walking\nQuadruped walking." in encoder.texts
     assert not any(t.startswith("Quadruped walking. Quadruped walking. ") for t in encoder.texts)
 
 

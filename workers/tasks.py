@@ -58,10 +58,29 @@ def ingest(self: Any, source: str | None = None, day: str | None = None) -> dict
             day=dt.date.fromisoformat(day) if day else None,
         )
         result = {"runs": [{"run": r.id, "status": r.status, **r.summary} for r in runs]}
+    embed_new_papers.delay()
     failed = [run for run in result["runs"] if run["status"] == "failed"]
     if source and failed and self.request.retries < settings.ingest_retries:
         raise self.retry(countdown=settings.ingest_retry_seconds)
     return result
+
+
+@app.task(name="workers.tasks.embed_new_papers")
+def embed_new_papers() -> dict[str, Any]:
+    """Encode the papers that have no embedding yet for the active encoder (queued after each
+    ingest run; a run with nothing new costs one query)."""
+    from digest.embedding_store import embed_missing_papers
+    from digest.encoder import load_encoder
+
+    settings = get_settings()
+    encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
+    if encoder is None:
+        return {"embedded": 0, "encoder": None}
+    with session_scope(_engine()) as session:
+        done = embed_missing_papers(
+            session=session, encoder=encoder, batch_size=settings.embed_batch_size
+        )
+    return {"embedded": done, "encoder": encoder.model_key}
 
 
 @app.task(name="workers.tasks.plan_due")

@@ -9,6 +9,7 @@ import click
 
 from digest import delivery
 from digest.cli.common import App, now_utc, pass_app
+from digest.config import Settings
 from digest.ingestion import describe_run
 from digest.runs import last_runs
 
@@ -19,6 +20,21 @@ def _elapsed(delta: dt.timedelta) -> str:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} days"
+
+
+def _encoder_line(settings: Settings) -> str:
+    """Which relevance backend is active, and whether its model loads."""
+    from digest.encoder import MODEL_NAME, load_encoder
+
+    if settings.encoder == "tfidf":
+        return "encoder: tfidf (DIGEST_ENCODER=tfidf, no paper embeddings)"
+    try:
+        encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
+    except Exception as exc:  # a broken install: say so, the status goes on
+        return f"encoder: {MODEL_NAME} FAILS TO LOAD ({exc}); ranking falls back to tfidf"
+    if encoder is None:
+        return f"encoder: {MODEL_NAME} not installed; ranking falls back to tfidf"
+    return f"encoder: {encoder.model_key} (loads ok; ranking is hybrid: embeddings + BM25)"
 
 
 @click.command()
@@ -44,6 +60,7 @@ def status(app: App, limit: int) -> None:
                 click.echo(f"    {line}")
             continue
         click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {json.dumps(run.summary)}")
+    click.echo(_encoder_line(app.plain_settings))
     with app.session() as session:
         counts = delivery.delivery_counts(session=session, days=3)
     for day, states in counts.items():

@@ -11,7 +11,7 @@ from typing import IO
 import click
 
 from digest import digests, paperstore
-from digest.cli.common import App, now_utc, parse_date, pass_app
+from digest.cli.common import App, fail, now_utc, parse_date, pass_app
 from digest.ingestion import describe_run, ingest_sources
 from digest.models import Run
 
@@ -120,6 +120,45 @@ def papers_import(app: App, file: Path) -> None:
         click.echo(f"  ... and {len(report.bad_lines) - 20} more", err=True)
 
 
+@papers.command("embed")
+@click.option("--since", "since_text", metavar="DATE", help="Only papers first seen on or after.")
+@pass_app
+def papers_embed(app: App, since_text: str | None) -> None:
+    """Encode the papers that have no embedding for the active encoder (resumable: each batch
+    is committed, and a second run finds nothing to do)."""
+    import contextlib
+    from typing import Any
+
+    from digest.embedding_store import embed_missing_papers
+    from digest.encoder import load_encoder
+
+    since_day = parse_date(since_text)
+    since = dt.datetime.combine(since_day, dt.time(0), tzinfo=dt.UTC) if since_day else None
+    encoder = load_encoder(kind=app.settings.encoder, threads=app.settings.encoder_threads)
+    if encoder is None:
+        fail(f"no encoder: DIGEST_ENCODER={app.settings.encoder} or the model is not installed")
+        return
+    with app.session() as session, contextlib.ExitStack() as stack:
+        bars: list[Any] = []
+
+        def on_total(total: int) -> None:
+            bars.append(
+                stack.enter_context(
+                    click.progressbar(length=total, label="Embedding", file=sys.stderr)
+                )
+            )
+
+        done = embed_missing_papers(
+            session=session,
+            encoder=encoder,
+            since=since,
+            batch_size=app.settings.embed_batch_size,
+            on_total=on_total,
+            progress=lambda n: bars[0].update(n),
+        )
+    click.echo(f"Embedded {done} papers with {encoder.model_key}")
+
+
 @papers.command("export")
 @click.option("--out", type=click.File("w", encoding="utf-8"), default="-")
 @pass_app
@@ -176,7 +215,7 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
 
     from digest.papers import BadLine
     from digest.rankfile import read_profiles, read_rank_papers, result_line
-    from digest.ranking import TopicModel, rank_papers
+    from digest.ranking import prepare_corpus, rank_prepared
 
     if now_text is None:
         now = now_utc()
@@ -209,14 +248,40 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     papers, bad_papers = read(papers_file, read_rank_papers)
     profiles, bad_profiles = read(profiles_file, read_profiles)
     config = dataclasses.replace(digests.ranking_config(app.plain_settings), top_k=top)
-    model = TopicModel.fit([p.text for p in papers]) if papers else None
+    # The papers' embeddings, for the dense part of hybrid relevance; a paper seen by an
+    # earlier run (same model, same text) comes from the cache instead of the encoder.
+    from digest.embedding_store import cache_for, paper_embeddings
+    from digest.encoder import load_encoder
+
+    encoder = load_encoder(
+        kind=app.plain_settings.encoder, threads=app.plain_settings.encoder_threads
+    )
+    embeddings = None
+    if encoder is not None and papers:
+        cache = cache_for(app.plain_settings.cache_dir)
+        embeddings = paper_embeddings(encoder=encoder, papers=papers, cache=cache)
+        click.echo(
+            f"Embeddings: {cache.hits} cached, {cache.misses} encoded ({encoder.model_key})",
+            err=True,
+        )
+    corpus = (
+        prepare_corpus(
+            papers,
+            now=now,
+            config=config,
+            encoder=encoder.encode if encoder else None,
+            embeddings=embeddings,
+        )
+        if papers
+        else None
+    )
     batch = 500
     with click.progressbar(
         length=len(profiles), label="Ranking", file=sys.stderr, hidden=not sys.stderr.isatty()
     ) as bar:
         for start in range(0, len(profiles), batch):
             chunk = profiles[start : start + batch]
-            ranked = rank_papers(papers, chunk, now=now, config=config, model=model)
+            ranked = rank_prepared(corpus, chunk) if corpus else [[] for _ in chunk]
             for profile, picks in zip(chunk, ranked, strict=True):
                 click.echo(result_line(profile, picks))
             bar.update(len(chunk))

@@ -19,10 +19,10 @@ from sqlmodel import Session
 
 from digest import ranking
 from digest.config import Settings
-from digest.digests import digest_as_of, ranking_config
+from digest.digests import digest_as_of, prepare_candidates, ranking_config
 from digest.models import Paper
 from digest.paperstore import candidate_papers
-from digest.ranking import PreparedCorpus, RankPaper, prepare_corpus
+from digest.ranking import PreparedCorpus
 
 
 def release_freed_memory() -> None:
@@ -78,7 +78,7 @@ class CorpusCache:
         papers = candidate_papers(session=session, as_of=as_of, days=settings.candidate_days)
         for paper in papers:
             session.expunge(paper)  # kept across sessions; never expired or flushed
-        corpus = self._prepare(papers, as_of, settings)
+        corpus = self._prepare(session, papers, as_of, settings)
         by_id = {p.id: p for p in papers}
         release_freed_memory()
         self._entries = {digest_date: (self.clock(), corpus, by_id)}  # keep one date's corpus
@@ -90,12 +90,14 @@ class CorpusCache:
         return corpus, by_id
 
     def _prepare(
-        self, papers: list[Paper], as_of: dt.datetime, settings: Settings
+        self, session: Session, papers: list[Paper], as_of: dt.datetime, settings: Settings
     ) -> PreparedCorpus:
         config = ranking_config(settings)
 
         def prepare() -> PreparedCorpus:
-            return prepare_corpus([RankPaper.of(p) for p in papers], now=as_of, config=config)
+            return prepare_candidates(
+                session=session, settings=settings, papers=papers, as_of=as_of
+            )
 
         if self.directory is None:
             return prepare()
@@ -107,6 +109,7 @@ class CorpusCache:
                     CORPUS_FORMAT,
                     bucket.isoformat(),
                     config,
+                    settings.encoder,
                     [(p.id, p.updated_at) for p in papers],
                 )
             ).encode()

@@ -14,7 +14,7 @@ from sklearn.preprocessing import normalize
 
 from digest.ranking.hybrid import Bm25
 from digest.ranking.lexical import TopicModel
-from digest.ranking.model import RankingConfig, RankPaper
+from digest.ranking.model import Encoder, RankingConfig, RankPaper
 from digest.ranking.signals import near_duplicates, recency, trending
 
 
@@ -124,12 +124,14 @@ def prepare_corpus(
     config: RankingConfig = RankingConfig(),
     model: TopicModel | None = None,
     embeddings: np.ndarray | None = None,
+    encoder: Encoder | None = None,
 ) -> PreparedCorpus:
     """Vectors, recency, trending and near-duplicates of the candidates, for `rank_prepared`.
 
     Without a `model`, one is fitted on the candidates themselves. `embeddings` are the
     candidates' sentence embeddings (papers x dimensions, unit rows, computed once when they
-    were stored); without them a model with an encoder encodes the candidates here.
+    were stored); without them a model with an encoder encodes the candidates here. `encoder`
+    (texts in, unit rows out) goes with a model fitted here, to read topics as queries.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Near-duplicates need only the TF-IDF rows: found in a thread while the latent space
@@ -143,7 +145,7 @@ def prepare_corpus(
 
         if model is None:
             model, vectors = TopicModel.fit_transform(
-                [p.text for p in papers], rows_ready=find_duplicates
+                [p.text for p in papers], rows_ready=find_duplicates, encoder=encoder
             )
         else:
             vectors = model.transform([p.text for p in papers])
@@ -154,7 +156,7 @@ def prepare_corpus(
     embedded = None
     if embeddings is not None:
         embedded = normalize(np.asarray(embeddings, dtype=np.float64))
-    elif model.encoder is not None:
+    elif model.encoder is not None and papers:
         embedded = _encode(model, [p.embedding_text for p in papers])
     lexical = None
     if embedded is not None and config.hybrid:

@@ -46,8 +46,9 @@ class RankPaper:
     @property
     def embedding_text(self) -> str:
         # A sentence encoder reads a bounded number of word pieces (256 for MiniLM): the title
-        # once, then the abstract, as the embedding methods it is compared with read a paper.
-        return f"{self.title}. {self.abstract}"
+        # once, then the abstract; the same text as digest.encoder.paper_text, which the stored
+        # embeddings were made of.
+        return "\n".join(part for part in (self.title.strip(), self.abstract.strip()) if part)
 
     @property
     def date(self) -> dt.datetime | None:
@@ -140,5 +141,5 @@ class Pick(NamedTuple):
     matched: str
 
 
-# An optional sentence-embedding backend: texts in, unit-norm rows out (see digest/embeddings.py).
+# An optional sentence-embedding backend: texts in, unit-norm rows out (see digest/encoder.py).
 Encoder = Callable[[Sequence[str]], np.ndarray]
