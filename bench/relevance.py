@@ -579,7 +579,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="tune",
         help="tune: the months for choosing settings; report: the held-out months, run once",
     )
-    parser.add_argument("--days", type=int, help="digest days per month (default: the cases')")
+    parser.add_argument(
+        "--days",
+        type=int,
+        help="digest days per month (default: the cases' 8); fewer is a sample: say so with "
+        "the figures",
+    )
     parser.add_argument("--only", action="append", default=[], choices=sorted(METHODS))
     parser.add_argument("--skip", action="append", default=[], choices=sorted(METHODS))
     parser.add_argument(
