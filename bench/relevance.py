@@ -57,6 +57,7 @@ import random
 import re
 import sys
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -470,12 +471,12 @@ def bootstrap(values: np.ndarray, resamples: np.ndarray) -> tuple[float, float, 
 
 
 def groups_of(profiles: Sequence[BenchProfile]) -> dict[str, np.ndarray]:
-    """Profile index sets that are reported: topics, liked overall, liked per count."""
+    """Profile index sets that are reported: topics overall and per phrasing kind (in the JSON
+    only), liked overall and per count."""
     out: dict[str, list[int]] = defaultdict(list)
     for j, p in enumerate(profiles):
         out[p.kind].append(j)
-        if p.kind == "liked":
-            out[p.group].append(j)
+        out[p.group if p.kind == "liked" else f"topics-{p.group}"].append(j)
     return {g: np.array(v) for g, v in out.items()}
 
 
@@ -489,8 +490,13 @@ def summarise(
     # Profiles with a relevant candidate on at least one day (the same for every method).
     first = next(iter(results.values()))["per_profile"]["p10"]
     kept = {g: idx[~np.isnan(first[idx])] for g, idx in groups.items()}
-    rng = np.random.default_rng(seed)
-    draws = {g: rng.integers(0, len(idx), size=(n_resamples, len(idx))) for g, idx in kept.items()}
+    # One generator per group, seeded by its name: adding a group moves no other's interval.
+    draws = {
+        g: np.random.default_rng([seed, zlib.crc32(g.encode())]).integers(
+            0, len(idx), size=(n_resamples, len(idx))
+        )
+        for g, idx in kept.items()
+    }
     table: dict[str, Any] = {}
     for name, res in results.items():
         row = {}
