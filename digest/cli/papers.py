@@ -14,6 +14,7 @@ from digest import digests, paperstore
 from digest.cli.common import App, fail, now_utc, parse_date, pass_app
 from digest.ingestion import describe_run, ingest_sources
 from digest.models import Run
+from digest.ranking import PreparedCorpus, RankingConfig, RankPaper
 
 
 @click.command()
@@ -215,19 +216,9 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
 
     from digest.papers import BadLine
     from digest.rankfile import read_profiles, read_rank_papers, result_line
-    from digest.ranking import prepare_corpus, rank_prepared
+    from digest.ranking import rank_prepared
 
-    if now_text is None:
-        now = now_utc()
-    else:
-        try:
-            now = dt.datetime.fromisoformat(now_text.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise click.BadParameter(
-                f"{now_text!r} is not a time like 2026-06-12T08:00:00Z", param_hint="--now"
-            ) from exc
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=dt.UTC)
+    now = _rank_time(now_text)
 
     def read(
         path: Path, reader: Callable[[Iterable[str]], Iterator[Any]]
@@ -248,33 +239,7 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     papers, bad_papers = read(papers_file, read_rank_papers)
     profiles, bad_profiles = read(profiles_file, read_profiles)
     config = dataclasses.replace(digests.ranking_config(app.plain_settings), top_k=top)
-    # The papers' embeddings, for the dense part of hybrid relevance; a paper seen by an
-    # earlier run (same model, same text) comes from the cache instead of the encoder.
-    from digest.embedding_store import cache_for, paper_embeddings
-    from digest.encoder import load_encoder
-
-    encoder = load_encoder(
-        kind=app.plain_settings.encoder, threads=app.plain_settings.encoder_threads
-    )
-    embeddings = None
-    if encoder is not None and papers:
-        cache = cache_for(app.plain_settings.cache_dir)
-        embeddings = paper_embeddings(encoder=encoder, papers=papers, cache=cache)
-        click.echo(
-            f"Embeddings: {cache.hits} cached, {cache.misses} encoded ({encoder.model_key})",
-            err=True,
-        )
-    corpus = (
-        prepare_corpus(
-            papers,
-            now=now,
-            config=config,
-            encoder=encoder.encode if encoder else None,
-            embeddings=embeddings,
-        )
-        if papers
-        else None
-    )
+    corpus = _rank_corpus(app, papers, now, config)
     batch = 500
     with click.progressbar(
         length=len(profiles), label="Ranking", file=sys.stderr, hidden=not sys.stderr.isatty()
@@ -296,3 +261,46 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     )
     if bad_papers or bad_profiles:
         sys.exit(1)
+
+
+def _rank_time(now_text: str | None) -> dt.datetime:
+    """`--now` as an aware time (UTC when no zone is given), or now."""
+    if now_text is None:
+        return now_utc()
+    try:
+        now = dt.datetime.fromisoformat(now_text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{now_text!r} is not a time like 2026-06-12T08:00:00Z", param_hint="--now"
+        ) from exc
+    return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
+
+
+def _rank_corpus(
+    app: App, papers: list[RankPaper], now: dt.datetime, config: RankingConfig
+) -> PreparedCorpus | None:
+    """The file's papers prepared once: with the encoder (hybrid relevance), their embeddings
+    come from the cache when an earlier run (same model, same text) encoded them."""
+    from digest.embedding_store import cache_for, paper_embeddings
+    from digest.encoder import load_encoder
+    from digest.ranking import prepare_corpus
+
+    if not papers:
+        return None
+    settings = app.plain_settings
+    encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
+    embeddings = None
+    if encoder is not None:
+        cache = cache_for(settings.cache_dir)
+        embeddings = paper_embeddings(encoder=encoder, papers=papers, cache=cache)
+        click.echo(
+            f"Embeddings: {cache.hits} cached, {cache.misses} encoded ({encoder.model_key})",
+            err=True,
+        )
+    return prepare_corpus(
+        papers,
+        now=now,
+        config=config,
+        encoder=encoder.encode if encoder else None,
+        embeddings=embeddings,
+    )

@@ -44,6 +44,13 @@ def _utc(name: str, *, nullable: bool = True, index: bool = False) -> Column[obj
 
 def baseline_metadata() -> MetaData:
     metadata = MetaData()
+    _paper_and_subscriber(metadata)
+    _deliveries(metadata)
+    _feedback_and_runs(metadata)
+    return metadata
+
+
+def _paper_and_subscriber(metadata: MetaData) -> None:
     Table(
         "paper",
         metadata,
@@ -85,6 +92,9 @@ def baseline_metadata() -> MetaData:
         Index("ix_subscriber_email", "email", unique=True),
         Index("ix_subscriber_status", "status"),
     )
+
+
+def _deliveries(metadata: MetaData) -> None:
     Table(
         "delivery",
         metadata,
@@ -112,6 +122,9 @@ def baseline_metadata() -> MetaData:
         Column("score", Float(), nullable=False),
         Column("why", String(), nullable=False),
     )
+
+
+def _feedback_and_runs(metadata: MetaData) -> None:
     Table(
         "feedback",
         metadata,
@@ -133,4 +146,3 @@ def baseline_metadata() -> MetaData:
         Column("status", String(), nullable=False),
         Column("summary", JSON(), nullable=False),
     )
-    return metadata
