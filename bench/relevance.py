@@ -428,6 +428,8 @@ def relevance_only(config: RankingConfig) -> RankingConfig:
         weight_trending=0.0,
         min_relevance=0.0,
         hybrid_min_relevance=0.0,
+        gate_min=-1.0,
+        topic_min_relevance=-1.0,
     )
 
 

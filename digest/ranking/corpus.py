@@ -48,7 +48,7 @@ class PreparedCorpus:
     # Each picked paper's own part of the reason ("212 upvotes; 1 day old"), made once.
     paper_reasons: dict[int, str] = field(default_factory=dict)
     # Similarities of each topic text to the papers, by ranking configuration (a bounded memo).
-    query_rows: dict[RankingConfig, QueryMemo] = field(default_factory=dict)
+    query_rows: dict[tuple[RankingConfig, bool], QueryMemo] = field(default_factory=dict)
     # TF-IDF rows of liked and disliked papers by text: a paper many subscribers liked is
     # tokenised once (a bounded memo).
     feedback_rows: TextRows = field(default_factory=lambda: TextRows(FEEDBACK_MEMO_ROWS))

@@ -110,19 +110,43 @@ class RankingConfig:
     # Two picks more similar than this are near-duplicates: keep only the better one.
     duplicate_similarity: float = 0.75
     # Hybrid relevance (digest/ranking/hybrid.py), used whenever the candidates come with
-    # sentence embeddings: the dense share of the fused score (the rest is BM25), the share
-    # for liked papers (the rest is TF-IDF cosine to their centroid), the fused relevance
-    # below which a paper is never sent, and the cosine from which a reason says "matches".
+    # sentence embeddings: the dense share of the fused score that ranks topics (the rest is
+    # BM25), the same share for liked papers (the rest is TF-IDF cosine to their centroid), the
+    # relevance below which a paper is never sent, and the cosine from which a reason says
+    # "matches" (about the 99th percentile of unrelated topic-paper pairs, bench/calibrate.py).
+    # Chosen on the benchmark's tuning months (bench/relevance.py --split tune).
     hybrid: bool = True
-    dense_weight: float = 0.7
+    dense_weight: float = 0.85
     liked_dense_weight: float = 0.7
-    hybrid_min_relevance: float = 0.2
+    hybrid_min_relevance: float = 0.1
+    match_similarity: float = 0.33
+    # The gate a topic's paper must pass to be sent at all: the even mix of meaning (dense) and
+    # words (BM25) reaching `gate_min`. Dense similarity ranks best, but alone it lets generic
+    # words through ("robot learning" close to any "learning" paper); words alone miss
+    # paraphrases. Calibrated on the tuning months by bench/calibrate.py.
+    gate_dense_weight: float = 0.5
+    gate_min: float = 0.35
+    # Or, with gate_words > 0: the paper holds at least this share of the topic's words (BM25's
+    # 0..1 scale), or its meaning is at least `gate_dense` close.
+    gate_words: float = 0.0
+    gate_dense: float = 0.44
+    # "topic": a topic none of whose papers passes the gate is unmatched that day (nothing is
+    # sent for it), a matched topic ranks all its papers; "paper": each paper must pass.
+    gate_scope: str = "topic"
+    # The fused relevance below which a paper is not sent for a topic (a liked-paper match
+    # only needs `hybrid_min_relevance`).
+    topic_min_relevance: float = 0.25
+    # The lexical half of hybrid relevance: "bm25", or "lsa" (TF-IDF with its latent space).
+    hybrid_lexical: str = "bm25"
+    # Pseudo-relevance feedback for topics in the embedding space (0 papers: off; it lowered
+    # precision on the tuning months).
+    dense_feedback_papers: int = 0
+    dense_feedback_weight: float = 0.5
     # With sentence embeddings, profiles with liked papers get their own logistic regression
     # (digest/ranking/preference.py) of this inverse regularisation (0: the liked papers'
     # centroid instead), against up to `preference_background` of the day's papers.
     preference_c: float = 1.0
     preference_background: int = 500
-    match_similarity: float = 0.3
     # Profiles scored per matrix product; bounds memory at (queries in chunk) x (papers).
     chunk_profiles: int = 1000
     # Memory for remembering each topic's similarities to the candidates across batches:

@@ -128,14 +128,15 @@ def _centroids(
 
 
 def _query_similarities(
-    corpus: PreparedCorpus, texts: Sequence[str], config: RankingConfig
+    corpus: PreparedCorpus, texts: Sequence[str], config: RankingConfig, *, gated: bool = True
 ) -> list[np.ndarray]:
     """Each free-text query's float32 similarities to the papers (one row per text), each
     distinct text computed once per corpus and configuration (kept up to `query_memo_mb`)."""
     model = corpus.model
-    memo = corpus.query_rows.get(config)
+    key = (config, gated and corpus.lexical is not None)
+    memo = corpus.query_rows.get(key)
     if memo is None:
-        memo = corpus.query_rows[config] = QueryMemo(config.query_memo_mb * 2**20)
+        memo = corpus.query_rows[key] = QueryMemo(config.query_memo_mb * 2**20)
     rows: dict[str, np.ndarray] = {}
     for text in texts:
         if text not in rows:
@@ -148,8 +149,28 @@ def _query_similarities(
         if len(corpus.query_embeddings) > 100_000:
             corpus.query_embeddings.clear()
         corpus.query_embeddings.update(zip(missing, encoded, strict=True))
-        dense = encoded @ corpus.embedded_t
-        sims = fuse(dense, corpus.lexical.scores(missing), config.dense_weight)
+        dense = _expanded(encoded, corpus.embedded_t, config) @ corpus.embedded_t
+        words = corpus.lexical.scores(missing)
+        if config.hybrid_lexical == "lsa":
+            lexical = _similarities(model, corpus, model.transform(missing), config)
+        else:
+            lexical = words
+        sims = fuse(dense, lexical, config.dense_weight)
+        if gated:
+            # Below the gate a paper is not sent for this topic: marked under any threshold.
+            closeness = encoded @ corpus.embedded_t
+            if config.gate_words > 0:
+                passed = (words >= config.gate_words) | (closeness >= config.gate_dense)
+            else:
+                passed = fuse(closeness, words, config.gate_dense_weight) >= config.gate_min
+            # Below the topic floor a paper is too far from the topic to be sent for it.
+            sims[sims < config.topic_min_relevance] = -1.0
+            if config.gate_scope == "topic":
+                # A topic with no paper through the gate today is unmatched: nothing for it.
+                # A matched one ranks all its papers (the relevance floor still applies).
+                sims[~passed.any(axis=1)] = -1.0
+            else:
+                sims[~passed] = -1.0
         _remember(rows, memo, missing, sims)
         missing = []
     if missing:
@@ -267,7 +288,9 @@ def _topic_relevance(
     if multi and config.joint_topics > 0:
         joint = [" ; ".join(t for t in profiles[i].topics if t.strip()) for i in multi]
         j = config.joint_topics
-        for i, row in zip(multi, _query_similarities(corpus, joint, config), strict=True):
+        # The joint query ranks; each paper already passed (or failed) its own topic's gate.
+        joint_rows = _query_similarities(corpus, joint, config, gated=False)
+        for i, row in zip(multi, joint_rows, strict=True):
             relevance[i] = (1.0 - j) * relevance[i] + j * row
     return _Topics(texts, first, last, sims)
 
@@ -423,3 +446,18 @@ def _preferences(
             )
         )
     return np.vstack(rows)
+
+
+def _expanded(queries: np.ndarray, embedded_t: np.ndarray, config: RankingConfig) -> np.ndarray:
+    """Pseudo-relevance feedback in the embedding space: each query moved towards its
+    `dense_feedback_papers` nearest candidates (Rocchio), so a two-word topic reads like the
+    papers of its field; off at 0."""
+    m = min(config.dense_feedback_papers, embedded_t.shape[1])
+    if m <= 0 or not len(queries):
+        return queries
+    sims = queries @ embedded_t
+    top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+    centroid = embedded_t.T[top].mean(axis=1)
+    centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
+    moved = queries + config.dense_feedback_weight * centroid
+    return moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
