@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -68,7 +68,9 @@ def one_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElemen
     database to run."""
     values = list(values)
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+        return cast(
+            ColumnElement[bool], column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+        )
     return column.in_(values)  # type: ignore[no-any-return]
 
 

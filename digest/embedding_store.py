@@ -56,7 +56,7 @@ def dequantize(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Back to float32 rows, each renormalised to unit length (what the encoder gave)."""
     rows = values.astype(np.float32) * scales[:, None]
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, 1e-12)
+    return np.asarray(rows / np.maximum(norms, 1e-12))
 
 
 # --- the store -------------------------------------------------------------------------------

@@ -187,4 +187,4 @@ def prepare_corpus(
 def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
     if model.encoder is None:
         raise RuntimeError("_encode() needs a model with an encoder")
-    return normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64))
+    return np.asarray(normalize(np.asarray(model.encoder(list(texts)), dtype=np.float64)))

@@ -65,7 +65,9 @@ class Bm25:
                 for q in queries
             ]
         ) * (self.k1 + 1.0)
-        return np.divide(raw, ceiling[:, None], out=np.zeros_like(raw), where=ceiling[:, None] > 0)
+        out: np.ndarray = np.zeros(raw.shape)
+        np.divide(raw, ceiling[:, None], out=out, where=ceiling[:, None] > 0)
+        return out
 
 
 def fuse(dense: np.ndarray, lexical: np.ndarray, dense_weight: float) -> np.ndarray:

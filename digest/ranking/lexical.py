@@ -132,7 +132,7 @@ class TopicModel:
         if self.components is None:
             return None
         dense = np.asarray(vectors @ self.components.T, dtype=np.float32)
-        return normalize(dense)
+        return np.asarray(normalize(dense))
 
     def nearest(self, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Each latent row's `count` nearest corpus papers, nearest first: (indices, cosines)."""

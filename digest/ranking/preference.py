@@ -32,7 +32,7 @@ def fit_preference(
     dims = background.shape[1] if background.size else liked.shape[1]
     if not len(liked):
         if topics is not None and len(topics):
-            return normalize(topics.mean(axis=0, keepdims=True))[0]
+            return np.asarray(normalize(topics.mean(axis=0, keepdims=True))[0])
         return np.zeros(dims)
     positives = [liked]
     weights = [np.ones(len(liked))]
@@ -45,7 +45,7 @@ def fit_preference(
         weights.append(np.full(len(topics), share * len(liked) / len(topics)))
     negatives = [m for m in (disliked, background) if len(m)]
     if not negatives:
-        return normalize(liked.mean(axis=0, keepdims=True))[0]
+        return np.asarray(normalize(liked.mean(axis=0, keepdims=True))[0])
     x = np.vstack(positives + negatives)
     y = np.concatenate(
         [np.ones(sum(len(p) for p in positives)), np.zeros(sum(map(len, negatives)))]
@@ -58,4 +58,4 @@ def fit_preference(
     sample_weight[y == 0] *= (pos + neg) / (2 * neg)
     model = LogisticRegression(C=c, max_iter=200)
     model.fit(x, y, sample_weight=sample_weight)
-    return normalize(model.coef_)[0]
+    return np.asarray(normalize(model.coef_)[0])

@@ -97,7 +97,7 @@ def _similarities(
     if embedded is not None and corpus.embedded_t is not None and e > 0:
         sims *= 1.0 - e
         sims += e * (embedded @ corpus.embedded_t)
-    return sims
+    return np.asarray(sims)
 
 
 def _centroids(
@@ -460,4 +460,4 @@ def _expanded(queries: np.ndarray, embedded_t: np.ndarray, config: RankingConfig
     centroid = embedded_t.T[top].mean(axis=1)
     centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
     moved = queries + config.dense_feedback_weight * centroid
-    return moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+    return np.asarray(moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12))

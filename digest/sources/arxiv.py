@@ -13,7 +13,7 @@ import email.utils
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
@@ -44,7 +44,7 @@ def _parse_xml(raw: bytes | str, expected: str) -> ET.Element:
     if looks_like_html(text):
         raise BadResponse(f"an HTML page instead of {expected} (starts {snippet(text)!r})")
     try:
-        return fromstring(raw.encode("utf-8") if isinstance(raw, str) else raw)
+        return cast(ET.Element, fromstring(raw.encode("utf-8") if isinstance(raw, str) else raw))
     except DefusedXmlException as exc:
         raise BadResponse(f"refused unsafe XML ({type(exc).__name__})") from exc
     except ET.ParseError as exc:
