@@ -52,7 +52,7 @@ def test_import_does_not_encode_and_embed_does_each_paper_once(tmp_path):
     assert embedding_rows(tmp_path) == [(model, 12)]
 
     status = run(["status"], tmp_path)
-    assert f"encoder: {model} (loads ok)" in status.stdout
+    assert f"encoder: {model} (loads ok; ranking is hybrid: embeddings + BM25)" in status.stdout
 
 
 def test_tfidf_setting_has_no_encoder(tmp_path):
