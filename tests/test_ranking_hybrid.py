@@ -39,7 +39,11 @@ def test_generic_word_hits_are_not_sent(seeds):
     # Issue 13: on the seed corpus, "robot learning" drew contrastive-loss and 4D papers and
     # "agent memory" a fine-tuning-memory paper, each "matching". Nothing rather than noise.
     assert picks_for(seeds, "robot learning") == []
-    assert picks_for(seeds, "agent memory") == []
+    # A weak match is a short digest, and it does not claim to match.
+    weak = picks_for(seeds, "agent memory")
+    assert 0 < len(weak) <= 3
+    assert all(p.why.startswith("related to 'agent memory'") for p in weak)
+    assert all("memory" in seeds.papers[seeds.index[p.paper_id]].text.lower() for p in weak)
 
 
 def test_a_real_match_is_sent_and_said_to_match(seeds):
@@ -94,4 +98,4 @@ def test_a_preference_learns_the_direction_of_what_was_liked():
 
 def test_the_default_config_is_hybrid_with_a_gate():
     config = RankingConfig()
-    assert config.hybrid and 0 < config.gate_min < 1 and 0 < config.dense_weight <= 1
+    assert config.hybrid and 0 < config.paper_gate_min <= config.gate_min < 1

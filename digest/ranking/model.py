@@ -113,29 +113,22 @@ class RankingConfig:
     # sentence embeddings: the dense share of the fused score that ranks topics (the rest is
     # BM25), the same share for liked papers (the rest is TF-IDF cosine to their centroid), the
     # relevance below which a paper is never sent, and the cosine from which a reason says
-    # "matches" (about the 99th percentile of unrelated topic-paper pairs, bench/calibrate.py).
+    # "matches" (the 99.9th percentile of unrelated topic-paper pairs, bench/calibrate.py).
     # Chosen on the benchmark's tuning months (bench/relevance.py --split tune).
     hybrid: bool = True
     dense_weight: float = 0.85
     liked_dense_weight: float = 0.7
     hybrid_min_relevance: float = 0.1
-    match_similarity: float = 0.33
-    # The gate a topic's paper must pass to be sent at all: the even mix of meaning (dense) and
-    # words (BM25) reaching `gate_min`. Dense similarity ranks best, but alone it lets generic
-    # words through ("robot learning" close to any "learning" paper); words alone miss
-    # paraphrases. Calibrated on the tuning months by bench/calibrate.py.
+    match_similarity: float = 0.44
+    # Nothing rather than noise: the even mix of meaning (dense) and words (BM25), read
+    # against the distribution of unrelated topic-paper pairs on the tuning months
+    # (bench/calibrate.py). A topic is matched on a day when one paper reaches `gate_min` (the
+    # 99.5th percentile of unrelated pairs); then its papers reaching `paper_gate_min` (the
+    # 99th) may be sent. Dense similarity ranks best, but alone it lets generic words through
+    # ("robot learning" close to any "learning" paper); words alone miss paraphrases.
     gate_dense_weight: float = 0.5
-    gate_min: float = 0.35
-    # Or, with gate_words > 0: the paper holds at least this share of the topic's words (BM25's
-    # 0..1 scale), or its meaning is at least `gate_dense` close.
-    gate_words: float = 0.0
-    gate_dense: float = 0.44
-    # "topic": a topic none of whose papers passes the gate is unmatched that day (nothing is
-    # sent for it), a matched topic ranks all its papers; "paper": each paper must pass.
-    gate_scope: str = "topic"
-    # The fused relevance below which a paper is not sent for a topic (a liked-paper match
-    # only needs `hybrid_min_relevance`).
-    topic_min_relevance: float = 0.25
+    gate_min: float = 0.31
+    paper_gate_min: float = 0.26
     # The lexical half of hybrid relevance: "bm25", or "lsa" (TF-IDF with its latent space).
     hybrid_lexical: str = "bm25"
     # Pseudo-relevance feedback for topics in the embedding space (0 papers: off; it lowered

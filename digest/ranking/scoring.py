@@ -159,18 +159,11 @@ def _query_similarities(
         if gated:
             # Below the gate a paper is not sent for this topic: marked under any threshold.
             closeness = encoded @ corpus.embedded_t
-            if config.gate_words > 0:
-                passed = (words >= config.gate_words) | (closeness >= config.gate_dense)
-            else:
-                passed = fuse(closeness, words, config.gate_dense_weight) >= config.gate_min
-            # Below the topic floor a paper is too far from the topic to be sent for it.
-            sims[sims < config.topic_min_relevance] = -1.0
-            if config.gate_scope == "topic":
-                # A topic with no paper through the gate today is unmatched: nothing for it.
-                # A matched one ranks all its papers (the relevance floor still applies).
-                sims[~passed.any(axis=1)] = -1.0
-            else:
-                sims[~passed] = -1.0
+            mix = fuse(closeness, words, config.gate_dense_weight)
+            # A topic is matched today when one paper passes `gate_min`; then each of its
+            # papers must still pass `paper_gate_min`. Otherwise nothing is sent for it.
+            sims[mix < config.paper_gate_min] = -1.0
+            sims[~(mix >= config.gate_min).any(axis=1)] = -1.0
         _remember(rows, memo, missing, sims)
         missing = []
     if missing:
