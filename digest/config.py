@@ -11,10 +11,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from digest.resources import data_dir
+from digest.schedule import zone
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Public (it is in the source): accepted only when set on purpose, and then only by a server on
@@ -23,6 +28,68 @@ DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
 SECRET_KEY_FILE = "secret_key"
 MIN_SECRET_KEY_CHARS = 16
 ARXIV_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
+# The database URLs we have a driver for; `postgres://` (Heroku's, many hosts') is an alias.
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+SMTP_PIPELINING = ("auto", "always", "never")
+
+
+def safe_url(url: str) -> str:
+    """`url` with its password hidden, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def check_database_url(url: str) -> str:
+    """`url` with `postgres://` spelled `postgresql://`; a ValueError says what is wrong."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    try:
+        driver = make_url(url).drivername
+    except ArgumentError:
+        raise ValueError(
+            f"cannot read {safe_url(url)!r} as a database URL: use sqlite:////abs/path/digest.db "
+            "or postgresql://user:password@host:5432/dbname"
+        ) from None
+    if driver not in DATABASE_DRIVERS:
+        raise ValueError(
+            f"unknown database scheme {driver + '://'!r}: use sqlite:///path/digest.db "
+            "or postgresql://user:password@host:5432/dbname (postgres:// works too)"
+        )
+    return url
+
+
+def check_smtp_url(url: str) -> None:
+    """A ValueError says what is wrong with an SMTP URL (smtp[s]://user:pass@host:port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"must start with smtp:// or smtps://, got {safe_url(url)!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the port of {safe_url(url)!r} is not a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"the port of {safe_url(url)!r} is not a number from 1 to 65535")
+    if not parts.hostname:
+        raise ValueError(f"{safe_url(url)!r} names no host, e.g. smtp://mail.example.org:587")
+    pipelining = parse_qs(parts.query).get("pipelining", ["auto"])[0].lower()
+    if pipelining not in SMTP_PIPELINING:
+        raise ValueError(f"pipelining={pipelining!r}: use auto, always or never")
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line: each wrong setting by its variable name, and what is wrong with it (never
+    its value, which may be a secret)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            name = "DIGEST_" + str(error["loc"][0]).upper()
+            message = f"{name}: {message}"
+        problems.append(message)
+    return "; ".join(problems)
 
 
 class Settings(BaseSettings):
@@ -134,6 +201,23 @@ class Settings(BaseSettings):
 
     # Token lifetimes (seconds).
     confirm_max_age: int = 3 * 24 * 3600
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str) -> str:
+        check_smtp_url(value)
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _default_timezone(cls, value: str) -> str:
+        zone(value)  # a ValueError names it
+        return value
 
     @field_validator("ingest_sources", "arxiv_categories", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from digest.config import Settings
+from digest.config import Settings, check_smtp_url
 from digest.render import Mail
 
 
@@ -54,9 +54,8 @@ class SMTPConfig:
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 30.0) -> SMTPConfig:
+        check_smtp_url(url)  # a ValueError says what is wrong
         parts = urlsplit(url)
-        if parts.scheme not in ("smtp", "smtps"):
-            raise ValueError(f"SMTP URL must start with smtp:// or smtps://, got {url!r}")
         query = parse_qs(parts.query)
         implicit = parts.scheme == "smtps"
         return cls(

@@ -19,7 +19,8 @@ class SendWindow:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # OSError: a folder of zones ("America") or a name too long for a file.
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 

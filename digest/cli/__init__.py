@@ -10,7 +10,7 @@ from pydantic_settings import SettingsError
 
 from digest.cli import admin, database, papers, send, subscribers
 from digest.cli.common import App
-from digest.config import Settings
+from digest.config import Settings, describe_settings_error
 
 
 @click.group()
@@ -20,7 +20,9 @@ def main(ctx: click.Context) -> None:
     """digest: each subscriber's research papers, once a day, by email."""
     try:
         settings = Settings()
-    except (ValidationError, SettingsError) as exc:
+    except ValidationError as exc:
+        raise click.ClickException(f"bad settings: {describe_settings_error(exc)}") from exc
+    except SettingsError as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
     ctx.obj = App(settings)
 
