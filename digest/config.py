@@ -10,7 +10,6 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator

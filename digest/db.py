@@ -23,6 +23,7 @@ from alembic.util import CommandError
 from sqlalchemy import MetaData, any_, bindparam, event, inspect, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -38,8 +39,51 @@ SCHEMA_LOCK_KEY = 0x646967657374
 _memory_lock = threading.Lock()
 
 
-class SchemaError(DigestError):
+class DatabaseError(DigestError):
+    """The database cannot be used as configured; the message (one line) says why."""
+
+
+class SchemaError(DatabaseError):
     """The database's schema is not the one this code works with; the message says what to do."""
+
+
+class DatabaseUnreachable(DatabaseError):
+    """DIGEST_DATABASE_URL leads nowhere: nothing listening, a refused role, a missing folder."""
+
+
+def _shown_url(engine: Engine) -> str:
+    shown = engine.url.render_as_string(hide_password=True)
+    return shown.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _require_sqlite_folder(engine: Engine) -> None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:"):
+        return
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise DatabaseUnreachable(
+            f"DIGEST_DATABASE_URL: the folder {folder.resolve()} of the SQLite file "
+            f"{Path(database).name} does not exist: create it, or give an absolute path that "
+            "exists (sqlite:////var/lib/digest/digest.db)"
+        )
+
+
+@contextmanager
+def first_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection, or a DatabaseUnreachable that says in one line why there is none."""
+    _require_sqlite_folder(engine)
+    try:
+        connection = engine.connect()
+    except OperationalError as exc:
+        reason = " ".join(str(exc.orig or exc).split())[:300]
+        raise DatabaseUnreachable(
+            f"DIGEST_DATABASE_URL: cannot connect to {_shown_url(engine)} ({reason})"
+        ) from exc
+    with connection:
+        yield connection
 
 
 def make_engine(database_url: str) -> Engine:
@@ -154,7 +198,7 @@ class SchemaStatus:
 
 
 def schema_status(engine: Engine) -> SchemaStatus:
-    with engine.connect() as connection:
+    with first_connection(engine) as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
         has_tables = revision is not None or _has_store_tables(connection)
     return SchemaStatus(revision=revision, head=head_revision(), has_tables=has_tables)
@@ -185,7 +229,7 @@ def schema_lock(engine: Engine) -> Iterator[Connection]:
     database (a transaction cannot hold it: Alembic's SQLite table copies run outside one).
     """
     if engine.dialect.name == "postgresql":
-        with engine.connect() as connection:
+        with first_connection(engine) as connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             connection.commit()
             try:
@@ -202,6 +246,7 @@ def schema_lock(engine: Engine) -> Iterator[Connection]:
         with _memory_lock, engine.connect() as connection:
             yield connection
         return
+    _require_sqlite_folder(engine)
     lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")
     try:
         lock_file = lock_path.open("a")
@@ -210,7 +255,7 @@ def schema_lock(engine: Engine) -> Iterator[Connection]:
     with lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
-            with engine.connect() as connection:
+            with first_connection(engine) as connection:
                 # SQLite's recipe for changing a table that others refer to (a copy, then a
                 # drop of the original): foreign keys off meanwhile. The pragma is a no-op
                 # inside a transaction, so it comes first, and is restored on the pooled

@@ -62,12 +62,12 @@ def _one_blas_thread_per_process(**_: object) -> None:
 def _refuse_a_database_behind_the_code(**_: object) -> None:
     """The worker and beat start only on a database at the code's revision: one line and
     exit 1 otherwise (an empty database is created)."""
-    from digest.db import SchemaError, make_engine, require_current_schema
+    from digest.db import DatabaseError, make_engine, require_current_schema
 
     engine = make_engine(get_settings().database_url)
     try:
         require_current_schema(engine)
-    except SchemaError as exc:
+    except DatabaseError as exc:
         print(f"digest: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from exc
     finally:

@@ -63,10 +63,11 @@ pass_app = click.make_pass_decorator(App)
 
 @contextmanager
 def schema_errors() -> Iterator[None]:
-    """A database not at the code's revision is one line (what to run), not a traceback."""
+    """A database that cannot be reached, or is not at the code's revision, is one line (why,
+    what to run), not a traceback."""
     try:
         yield
-    except db.SchemaError as exc:
+    except db.DatabaseError as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -31,7 +31,8 @@ def db_upgrade(app: App, revision: str) -> None:
 @pass_app
 def db_current(app: App) -> None:
     """Print the database's revision; exit 1 when it is not the code's."""
-    status = db.schema_status(make_engine(app.settings.database_url))
+    with schema_errors():
+        status = db.schema_status(make_engine(app.settings.database_url))
     click.echo(status.describe())
     if not status.current:
         sys.exit(1)
