@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -76,6 +77,20 @@ def check_smtp_url(url: str) -> None:
     pipelining = parse_qs(parts.query).get("pipelining", ["auto"])[0].lower()
     if pipelining not in SMTP_PIPELINING:
         raise ValueError(f"pipelining={pipelining!r}: use auto, always or never")
+
+
+def redis_problem(url: str, *, timeout: float = 3.0) -> str | None:
+    """Why the Redis at DIGEST_REDIS_URL does not answer a PING, in one line, or None."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        return f"DIGEST_REDIS_URL: cannot reach Redis at {safe_url(url)} ({reason})"
+    return None
 
 
 def describe_settings_error(exc: ValidationError) -> str:

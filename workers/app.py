@@ -7,7 +7,7 @@ import sys
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_init
 
-from digest.config import Settings, get_settings, public_key_refusal
+from digest.config import Settings, get_settings, public_key_refusal, redis_problem
 from workers.schedule import beat_schedule
 
 
@@ -49,6 +49,15 @@ def _refuse_the_public_key(**_: object) -> None:
     refusal = public_key_refusal(get_settings())
     if refusal:
         raise SystemExit(f"error: {refusal}")
+
+
+@worker_init.connect
+def _refuse_an_unreachable_broker(**_: object) -> None:
+    """Without Redis a worker would retry forever in its log: one line and exit 1 instead."""
+    problem = redis_problem(get_settings().redis_url)
+    if problem:
+        print(f"digest: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 @worker_init.connect
