@@ -93,10 +93,27 @@ def _send(
     help="Digest date (default: each subscriber's local today, at their send hour).",
 )
 @click.option("--dry-run", is_flag=True, help="Rank and report, send and record nothing.")
+@click.option(
+    "--allow-future",
+    is_flag=True,
+    help="Send a --date after today (UTC) now, ranked on today's papers; that day's own send "
+    "then skips it as already sent.",
+)
 @pass_app
-def send(app: App, email: str | None, date_text: str | None, dry_run: bool) -> None:
+def send(
+    app: App, email: str | None, date_text: str | None, dry_run: bool, allow_future: bool
+) -> None:
     """Send the digests that are due now (or for --date), then say who got what and why not."""
-    summary = _send(app, email=email, date=parse_date(date_text), dry_run=dry_run)
+    date = parse_date(date_text)
+    today = now_utc().date()
+    if date is not None and date > today and not (allow_future or dry_run):
+        # Sent now it would be ranked on today's papers and use that day up: its real send
+        # would then be skipped as already sent.
+        raise click.ClickException(
+            f"--date {date.isoformat()} is after today ({today.isoformat()} UTC): its digest "
+            "is sent on that day; --dry-run to look at it now, --allow-future to send it anyway"
+        )
+    summary = _send(app, email=email, date=date, dry_run=dry_run)
     print_summary(summary, verbose=len(summary.sent) + len(summary.skipped) <= 50)
     if app.settings.mailer == "file" and summary.sent and not dry_run:
         click.echo(f"Messages are in {app.settings.outbox_dir.resolve()}")
