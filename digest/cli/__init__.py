@@ -1,6 +1,6 @@
 """The admin command line (`digest`), one module per command group: send (send, preview, demo,
 why), subscribers (subscribers, unsubscribes), papers (ingest, papers, seeds, rank) and admin
-(status, serve), database (db)."""
+(status, check, serve), database (db)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ for command in (
     send.demo,
     send.why,
     admin.status,
+    admin.check,
     admin.serve,
     papers.ingest,
     papers.papers,
