@@ -219,9 +219,29 @@ def test_check_tries_smtp_without_sending(env: dict[str, str], smtp_server: SMTP
 
 
 @pytest.mark.integration
-def test_worker_refuses_to_start_without_redis(env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"DIGEST_REDIS_URL": "redis://127.0.0.1:1/0"},
+            "digest: DIGEST_REDIS_URL: cannot reach Redis at redis://127.0.0.1:1/0",
+        ),
+        (
+            {"DIGEST_DEFAULT_TIMEZONE": "Mars/Olympus"},
+            "digest: bad settings: DIGEST_DEFAULT_TIMEZONE: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            {"DIGEST_DATABASE_URL": "postgres://digest:hunter2@127.0.0.1:1/digest"},
+            "digest: DIGEST_DATABASE_URL: cannot connect to postgresql://digest:***@127.0.0.1:1",
+        ),
+    ],
+)
+def test_worker_refuses_to_start_with_one_line(
+    env: dict[str, str], tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    process_env.update(env, DIGEST_REDIS_URL="redis://127.0.0.1:1/0")
+    process_env.update(env)
+    process_env.update(overrides)
     process_env["PYTHONPATH"] = str(PROJECT_ROOT)
     done = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo"],
@@ -233,5 +253,6 @@ def test_worker_refuses_to_start_without_redis(env: dict[str, str], tmp_path: Pa
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("digest: DIGEST_REDIS_URL: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert last.startswith(expected), last

@@ -6,8 +6,15 @@ import sys
 
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_init
+from pydantic import ValidationError
 
-from digest.config import Settings, get_settings, public_key_refusal, redis_problem
+from digest.config import (
+    Settings,
+    describe_settings_error,
+    get_settings,
+    public_key_refusal,
+    redis_problem,
+)
 from workers.schedule import beat_schedule
 
 
@@ -83,4 +90,16 @@ def _refuse_a_database_behind_the_code(**_: object) -> None:
         engine.dispose()
 
 
-app = make_celery(get_settings())
+def _settings_or_exit() -> Settings:
+    """A bad setting stops the worker and beat with one line naming it, not a traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problem = describe_settings_error(exc)
+    except ValueError as exc:  # the kept secret key (with_kept_secret_key)
+        problem = str(exc)
+    print(f"digest: bad settings: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+app = make_celery(_settings_or_exit())
