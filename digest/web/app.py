@@ -7,8 +7,10 @@ import datetime as dt
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, request
+from flask.wrappers import Response
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -30,6 +32,15 @@ from digest.web import views
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class WebApp(Flask):
+    """Flask, logging a failed request by its route (`/preferences/<token>`), never its path:
+    the path of most pages is a signed link that never expires."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+        self.logger.error("Exception on %s [%s]", rule, request.method, exc_info=exc_info)
 
 
 class InsecureSecretKey(RuntimeError):
@@ -64,6 +75,37 @@ def target_address_key(secret_key: str) -> Callable[[], str]:
     return key
 
 
+# Scripts and styles come from this site's files only (static/), so an injected link or tag cannot
+# run; no page may be framed (clickjacking of the one-click forms), and no page sends a Referer:
+# most carry a signed link in their address.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# The web copy of a digest is the email's HTML, styled inline as emails must be; still no script.
+WEB_COPY_POLICY = CONTENT_SECURITY_POLICY.replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+)
+HSTS = "max-age=31536000"
+
+
+def _security_headers(https: bool) -> Callable[[Response], Response]:
+    def add(response: Response) -> Response:
+        headers = response.headers
+        inline_styles = request.endpoint == "web.web_copy"
+        headers["Content-Security-Policy"] = (
+            WEB_COPY_POLICY if inline_styles else CONTENT_SECURITY_POLICY
+        )
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        if https:
+            headers["Strict-Transport-Security"] = HSTS
+        return response
+
+    return add
+
+
 def _limit_subscriptions(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         get_remote_address,
@@ -91,15 +133,20 @@ def create_app(
     clock: Callable[[], dt.datetime] = _utcnow,
 ) -> Flask:
     check_secret_key(settings)
-    app = Flask(__name__, template_folder=str(settings.templates_dir))
+    app = WebApp(__name__, template_folder=str(settings.templates_dir))
     install_filters(app.jinja_env)
     if settings.trusted_proxy_hops:
         # Behind a reverse proxy the client address is in X-Forwarded-For: rate limits key on it.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxy_hops, x_proto=settings.trusted_proxy_hops
         )
+    https = settings.base_url.lower().startswith("https://")
     app.config.update(
         SECRET_KEY=settings.secret_key,
+        # The session holds the CSRF secret: not sent on cross-site posts, nor over plain http
+        # when the site is served over https.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=https,
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
@@ -113,6 +160,7 @@ def create_app(
         clock=clock,
     )
     app.register_blueprint(views.bp)
+    app.after_request(_security_headers(https))
     app.teardown_appcontext(views.close_session)
     csrf = CSRFProtect(app)
     csrf.exempt(views.unsubscribe)
