@@ -195,3 +195,38 @@ def test_logs_hold_no_token_signed_link_or_secret(web, monkeypatch, caplog):
     for token in tokens:
         assert token not in caplog.text and token.split(".")[0] not in caplog.text
     assert secret not in caplog.text
+
+
+def test_the_web_copy_keeps_its_inline_styles_but_runs_no_script(web):
+    app, _, _, _ = web
+    response = app.test_client().get("/digest/not-a-token")
+    csp = policy(response)
+    assert csp["style-src"] == "'self' 'unsafe-inline'"
+    assert csp["script-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+HOSTILE_VALUES = ["", "\x00", "x" * 5000, "é" * 300, "America", "Etc", "Etc/", "../", "-0", "1e3"]
+FORM_FIELDS = ["email", "topics", "exclude", "frequency", "weekly_day", "send_hour", "timezone"]
+
+
+def test_no_value_of_any_form_field_answers_a_500(tmp_path):
+    """Every field of the subscribe and preferences forms, each hostile value: a page, never a
+    server error (issue 17, item 7)."""
+    limits = {"subscribe_limit_per_client": "1000/hour", "subscribe_limit_per_address": "1000/hour"}
+    app, settings, sid, _ = make_web(tmp_path, **limits)
+    token = make_token(settings.secret_key, Purpose.PREFERENCES, {"s": sid})
+    client = app.test_client()
+    csrf = csrf_from(client.get("/").get_data(as_text=True))
+    base = {"csrf_token": csrf, "email": "new@example.com", "topics": "robots", "timezone": "UTC"}
+    failures = []
+    for path, fields in (
+        ("/subscribe", FORM_FIELDS),
+        (f"/preferences/{token}", [*FORM_FIELDS[1:], "pause_days"]),
+    ):
+        for field in fields:
+            for value in HOSTILE_VALUES:
+                status = client.post(path, data={**base, field: value}).status_code
+                if status not in (200, 400):
+                    failures.append((path.split("/")[1], field, value[:20], status))
+    assert failures == []
