@@ -230,3 +230,18 @@ def test_no_value_of_any_form_field_answers_a_500(tmp_path):
                 if status not in (200, 400):
                     failures.append((path.split("/")[1], field, value[:20], status))
     assert failures == []
+
+
+def test_the_servers_log_line_of_a_signed_path_loses_its_token(web, caplog):
+    """waitress logs the path when a client disconnects mid-request: the app's filter blanks
+    the token before any handler sees it."""
+    _, settings, sid, _ = web
+    token = make_token(settings.secret_key, Purpose.PREFERENCES, {"s": sid})
+    caplog.set_level(logging.INFO)
+    logging.getLogger("waitress").info(
+        "Client disconnected while serving %s", f"/preferences/{token}"
+    )
+    logging.getLogger("waitress").info("Client disconnected while serving /feedback/%s/up", token)
+    assert token not in caplog.text and token.split(".")[0] not in caplog.text
+    assert caplog.text.count("serving /preferences/<token>") == 1
+    assert "serving /feedback/<token>" in caplog.text

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,28 @@ class WebApp(Flask):
     def log_exception(self, exc_info: Any) -> None:
         rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
         self.logger.error("Exception on %s [%s]", rule, request.method, exc_info=exc_info)
+
+
+# The paths that carry a signed link, as the server in front of the app may log them.
+SIGNED_PATH = re.compile(r"/(confirm|unsubscribe|preferences|feedback|digest)/[^\s?#'\"]+")
+
+
+class SignedLinkFilter(logging.Filter):
+    """Blanks the token of a signed path in a log line: waitress logs the path of a request
+    whose client went away ("Client disconnected while serving /preferences/…")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = SIGNED_PATH.sub(r"/\1/<token>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _redact_server_logs() -> None:
+    server = logging.getLogger("waitress")
+    if not any(isinstance(f, SignedLinkFilter) for f in server.filters):
+        server.addFilter(SignedLinkFilter())
 
 
 class InsecureSecretKey(RuntimeError):
@@ -161,6 +185,7 @@ def create_app(
     )
     app.register_blueprint(views.bp)
     app.after_request(_security_headers(https))
+    _redact_server_logs()
     app.teardown_appcontext(views.close_session)
     csrf = CSRFProtect(app)
     csrf.exempt(views.unsubscribe)
