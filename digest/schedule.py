@@ -17,9 +17,12 @@ class SendWindow:
 
 
 def zone(name: str) -> ZoneInfo:
+    """The zone `name`, or a ValueError for anything that is not one: ZoneInfo opens `name` as a
+    file of the zone database, so a folder (`America`) or an over-long name fails with an
+    OSError, which would otherwise surface as a 500."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 
