@@ -123,7 +123,7 @@ def test_why_explains_what_was_sent_and_why_nothing_was(seeded_store, db_setting
     assert c[1] == f"{NOW.date().isoformat()}: nothing sent: not confirmed yet"
 
 
-def test_a_prepared_corpus_is_shared_through_the_cache_directory(
+def test_speed_trick_corpus_cache_directory_shares_a_prepared_corpus_between_processes(
     seeded_store, db_settings, tmp_path, monkeypatch
 ):
     session = seeded_store
@@ -169,7 +169,7 @@ def test_a_prepared_corpus_is_shared_through_the_cache_directory(
     )
 
 
-def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
+def test_speed_trick_gc_freeze_leaves_a_cached_corpus_uncollected_until_it_is_replaced(
     seeded_store, db_settings
 ):
     import gc
@@ -201,7 +201,9 @@ def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
         gc.unfreeze()
 
 
-def test_sent_marks_are_recorded_on_a_reused_connection_and_errors_surface(engine, db_settings):
+def test_speed_trick_prepared_sent_marks_work_on_a_reused_connection_and_errors_surface(
+    engine, db_settings
+):
     with Session(engine) as session:
         for i in range(3):
             make_subscriber(session, email=f"m{i}@example.com")

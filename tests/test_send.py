@@ -150,7 +150,7 @@ def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
     assert len(smtp_server.to("a@example.com")) == 1
 
 
-def test_message_parts_are_standard_base64_in_lines_of_76():
+def test_speed_trick_one_call_base64_is_standard_base64_in_lines_of_76():
     import base64
     import random
 
@@ -219,7 +219,7 @@ def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(seeded_
     assert everything == {sub.id: {paper_ids[0], paper_ids[1], paper_ids[3]}}
 
 
-def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_settings):
+def test_speed_trick_entry_parts_are_remembered_per_paper_object_never_across_papers(db_settings):
     import gc
 
     from digest.models import Paper, Subscriber
@@ -253,7 +253,7 @@ def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_sett
         gc.collect()
 
 
-def test_rendered_messages_say_they_are_canonical_and_are():
+def test_speed_trick_rendered_messages_say_they_are_canonical_and_are():
     from digest.render import _message
 
     mail = _message(
