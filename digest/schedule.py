@@ -17,10 +17,12 @@ class SendWindow:
 
 
 def zone(name: str) -> ZoneInfo:
+    """The zone `name`, or a ValueError for anything that is not one: ZoneInfo opens `name` as a
+    file of the zone database, so a folder (`America`) or an over-long name fails with an
+    OSError, which would otherwise surface as a 500."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        # OSError: a folder of zones ("America") or a name too long for a file.
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 

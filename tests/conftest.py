@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from digest.config import Settings
 from digest.db import create_schema, make_engine
@@ -127,6 +128,17 @@ def engine(db_url: str) -> Iterator[Engine]:
     create_schema(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def seeded_store(engine: Engine) -> Iterator[Session]:
+    """A session on the store (SQLite, and PostgreSQL when set) holding the test papers
+    (tests.factories.diffusion_papers: twelve on diffusion models, one on legged robots)."""
+    from tests.factories import diffusion_papers, store_papers
+
+    with Session(engine) as session:
+        store_papers(session, diffusion_papers())
+        yield session
 
 
 @pytest.fixture

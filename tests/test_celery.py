@@ -5,24 +5,24 @@ import datetime as dt
 import pytest
 from sqlmodel import Session, select
 
-from digest import paperstore, subscribers
 from digest.db import create_schema, make_engine
 from digest.models import Delivery, DeliveryState, SubscriberStatus
 from digest.runs import last_runs
 from tests.conftest import start_worker
-from tests.factories import make_paper
+from tests.factories import make_paper, make_subscriber, store_papers
 
 pytestmark = pytest.mark.integration
 
 
 def seed_store(settings, now):
+    """The workers' own file store, with papers of this morning and two subscribers: one
+    confirmed, one not (the workers read the real clock, so these are stored as of `now`)."""
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        paperstore.upsert_papers(
-            session=session,
-            now=now,
-            papers=[
+        store_papers(
+            session,
+            [
                 make_paper(
                     title=f"Diffusion models trick {i}",
                     abstract=f"Diffusion models {i}.",
@@ -30,17 +30,10 @@ def seed_store(settings, now):
                 )
                 for i in range(3)
             ],
-        )
-        subscribers.add_subscriber(
-            session=session, email="ada@example.com", topics=["diffusion models"], now=now
-        )
-        subscribers.add_subscriber(
-            session=session,
-            email="gone@example.com",
-            topics=["diffusion models"],
             now=now,
-            status=SubscriberStatus.PENDING,
         )
+        make_subscriber(session, email="ada@example.com", now=now)
+        make_subscriber(session, email="gone@example.com", now=now, status=SubscriberStatus.PENDING)
     return engine
 
 
@@ -81,13 +74,7 @@ def test_planner_task_queues_batches_that_a_worker_sends(
     with Session(engine) as session:
         # Their send hour is this hour, so the planner finds them due now.
         for email in ["ada@example.com"] + [f"r{i}@example.com" for i in range(4)]:
-            subscribers.add_subscriber(
-                session=session,
-                email=email,
-                topics=["diffusion models"],
-                now=now,
-                send_hour=now.hour,
-            )
+            make_subscriber(session, email=email, now=now, send_hour=now.hour)
     worker = start_worker(celery_settings, tmp_path / "worker.log")
     try:
         planned = celery_client.send_task("workers.tasks.plan_due").get(timeout=60)

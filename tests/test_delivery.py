@@ -5,13 +5,13 @@ import datetime as dt
 import pytest
 from sqlmodel import Session, select
 
-from digest import delivery, digests, paperstore, subscribers
+from digest import delivery, digests, subscribers
 from digest.delivery import corpus_cache
 from digest.delivery.store import Claim, delivery_store
 from digest.mailer import FileMailer, RateLimiter
 from digest.models import Delivery, DeliveryState, SubscriberStatus
 from digest.ranking import rank_prepared
-from tests.factories import NOW, make_paper
+from tests.factories import NOW, make_paper, make_subscriber, store_papers
 
 
 class FakeClock:
@@ -51,148 +51,126 @@ def test_backoff_doubles_up_to_a_cap():
     assert [delivery.backoff(n, 1.0, cap=10) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
 
 
-def seed(session):
-    paperstore.upsert_papers(
-        session=session,
-        now=NOW,
-        papers=[
-            make_paper(title="Diffusion models at scale", abstract="Diffusion models at scale."),
-            make_paper(title="Diffusion models for audio", abstract="Diffusion models for audio."),
-        ],
-    )
-
-
-def test_sweeper_finds_lost_planned_rows_and_expired_leases_not_live_ones(engine, db_settings):
+def test_sweeper_finds_lost_planned_rows_and_expired_leases_not_live_ones(
+    seeded_store, db_settings
+):
     settings = db_settings.model_copy(update={"planned_grace_seconds": 600, "lease_seconds": 60})
-    with Session(engine) as session:
-        seed(session)
-        for i in range(4):
-            subscribers.add_subscriber(
-                session=session, email=f"s{i}@example.com", topics=["diffusion models"], now=NOW
-            )
-        plan = delivery.plan_deliveries(
-            session=session, settings=settings, now=NOW, digest_date=NOW.date()
-        )
-        ids = plan.delivery_ids
-        # Two are claimed by a worker (leased), two stay planned (their task is queued).
-        store = delivery_store(session)
-        claimed = store.claim(session, ids[:2], now=NOW, settings=settings)
-        assert claimed.ids == ids[:2]
-        soon = NOW + dt.timedelta(seconds=30)
-        assert delivery.stuck_deliveries(session=session, settings=settings, now=soon) == []
-        # A duplicate task claiming them while the lease runs gets nothing: no double send.
-        assert store.claim(session, ids[:2], now=soon, settings=settings).ids == []
-        later = NOW + dt.timedelta(minutes=11)
-        assert delivery.stuck_deliveries(session=session, settings=settings, now=later) == ids
-        # The sweeper touched the planned ones: they are not queued again at once; the rows
-        # of the dead worker stay stuck until someone claims them.
-        again = later + dt.timedelta(seconds=1)
-        assert delivery.stuck_deliveries(session=session, settings=settings, now=again) == ids[:2]
-        assert store.claim(session, ids, now=again, settings=settings).ids == ids
+    session = seeded_store
+    for i in range(4):
+        make_subscriber(session, email=f"s{i}@example.com")
+    plan = delivery.plan_deliveries(
+        session=session, settings=settings, now=NOW, digest_date=NOW.date()
+    )
+    ids = plan.delivery_ids
+    # Two are claimed by a worker (leased), two stay planned (their task is queued).
+    store = delivery_store(session)
+    claimed = store.claim(session, ids[:2], now=NOW, settings=settings)
+    assert claimed.ids == ids[:2]
+    soon = NOW + dt.timedelta(seconds=30)
+    assert delivery.stuck_deliveries(session=session, settings=settings, now=soon) == []
+    # A duplicate task claiming them while the lease runs gets nothing: no double send.
+    assert store.claim(session, ids[:2], now=soon, settings=settings).ids == []
+    later = NOW + dt.timedelta(minutes=11)
+    assert delivery.stuck_deliveries(session=session, settings=settings, now=later) == ids
+    # The sweeper touched the planned ones: they are not queued again at once; the rows
+    # of the dead worker stay stuck until someone claims them.
+    again = later + dt.timedelta(seconds=1)
+    assert delivery.stuck_deliveries(session=session, settings=settings, now=again) == ids[:2]
+    assert store.claim(session, ids, now=again, settings=settings).ids == ids
 
 
-def test_why_explains_what_was_sent_and_why_nothing_was(engine, db_settings):
-    with Session(engine) as session:
-        seed(session)
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
-        )
-        subscribers.add_subscriber(
-            session=session, email="b@example.com", topics=["protein folding"], now=NOW
-        )
-        subscribers.add_subscriber(
-            session=session,
-            email="c@example.com",
-            topics=["diffusion models"],
-            now=NOW,
-            status=SubscriberStatus.PENDING,
-        )
-        delivery.send_due_digests(
-            session=session,
-            mailer=FileMailer(db_settings.outbox_dir),
-            settings=db_settings,
-            now=NOW,
-            digest_date=NOW.date(),
-        )
-        a = delivery.why(
-            session=session,
-            settings=db_settings,
-            email="a@example.com",
-            now=NOW,
-            digest_date=NOW.date(),
-        )
-        b = delivery.why(
-            session=session,
-            settings=db_settings,
-            email="b@example.com",
-            now=NOW,
-            digest_date=NOW.date(),
-        )
-        c = delivery.why(
-            session=session,
-            settings=db_settings,
-            email="c@example.com",
-            now=NOW,
-            digest_date=NOW.date(),
-        )
-        (row,) = session.exec(select(Delivery).where(Delivery.state == DeliveryState.SENT))
+def test_why_explains_what_was_sent_and_why_nothing_was(seeded_store, db_settings):
+    session = seeded_store
+    store_papers(
+        session,
+        [make_paper(title="Diffusion models at scale", abstract="Diffusion models at scale.")],
+    )
+    make_subscriber(session, email="a@example.com")
+    make_subscriber(session, email="b@example.com", topics=["protein folding"])
+    make_subscriber(session, email="c@example.com", status=SubscriberStatus.PENDING)
+    delivery.send_due_digests(
+        session=session,
+        mailer=FileMailer(db_settings.outbox_dir),
+        settings=db_settings,
+        now=NOW,
+        digest_date=NOW.date(),
+    )
+    a = delivery.why(
+        session=session,
+        settings=db_settings,
+        email="a@example.com",
+        now=NOW,
+        digest_date=NOW.date(),
+    )
+    b = delivery.why(
+        session=session,
+        settings=db_settings,
+        email="b@example.com",
+        now=NOW,
+        digest_date=NOW.date(),
+    )
+    c = delivery.why(
+        session=session,
+        settings=db_settings,
+        email="c@example.com",
+        now=NOW,
+        digest_date=NOW.date(),
+    )
+    (row,) = session.exec(select(Delivery).where(Delivery.state == DeliveryState.SENT))
     assert a[1].startswith(f"{NOW.date().isoformat()}: sent at")
     assert any("Diffusion models at scale — matches 'diffusion models'" in line for line in a)
     assert b[1] == f"{NOW.date().isoformat()}: skipped: no new paper above the relevance threshold"
     assert c[1] == f"{NOW.date().isoformat()}: nothing sent: not confirmed yet"
 
 
-def test_a_prepared_corpus_is_shared_through_the_cache_directory(
-    engine, db_settings, tmp_path, monkeypatch
+def test_speed_trick_corpus_cache_directory_shares_a_prepared_corpus_between_processes(
+    seeded_store, db_settings, tmp_path, monkeypatch
 ):
-    with Session(engine) as session:
-        seed(session)
-        first = delivery.CorpusCache(directory=tmp_path / "cache")
-        corpus, papers = first.get(
-            session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
-        )
-        assert len(list((tmp_path / "cache").glob("corpus-*.pickle"))) == 1
+    session = seeded_store
+    first = delivery.CorpusCache(directory=tmp_path / "cache")
+    corpus, papers = first.get(
+        session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
+    )
+    assert len(list((tmp_path / "cache").glob("corpus-*.pickle"))) == 1
 
-        # Another worker process (a fresh cache) loads it instead of fitting again.
-        def no_fitting(*args, **kwargs):
-            raise AssertionError("prepared again instead of loaded")
+    # Another worker process (a fresh cache) loads it instead of fitting again.
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("prepared again instead of loaded")
 
-        monkeypatch.setattr(corpus_cache, "prepare_candidates", no_fitting)
-        second = delivery.CorpusCache(directory=tmp_path / "cache")
-        loaded, _ = second.get(
-            session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
-        )
-        profile = digests.profiles_for(
-            session=session,
-            subscribers=[
-                subscribers.add_subscriber(
-                    session=session, email="a@example.com", topics=["diffusion models"], now=NOW
-                )
-            ],
-        )
-        config = digests.ranking_config(db_settings)
-        assert rank_prepared(loaded, profile, config=config) == rank_prepared(
-            corpus, profile, config=config
-        )
-        assert [p.id for p in loaded.papers] == sorted(papers)
-        # The arrays are read-only views of one mapped file that every process shares.
-        assert len(list((tmp_path / "cache").glob("corpus-*.arrays"))) == 1
-        assert not loaded.vectors.data.flags.writeable
-        assert not loaded.prior.flags.writeable
+    monkeypatch.setattr(corpus_cache, "prepare_candidates", no_fitting)
+    second = delivery.CorpusCache(directory=tmp_path / "cache")
+    loaded, _ = second.get(session=session, settings=db_settings, digest_date=NOW.date(), now=NOW)
+    profile = digests.profiles_for(
+        session=session,
+        subscribers=[
+            subscribers.add_subscriber(
+                session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+            )
+        ],
+    )
+    config = digests.ranking_config(db_settings)
+    assert rank_prepared(loaded, profile, config=config) == rank_prepared(
+        corpus, profile, config=config
+    )
+    assert [p.id for p in loaded.papers] == sorted(papers)
+    # The arrays are read-only views of one mapped file that every process shares.
+    assert len(list((tmp_path / "cache").glob("corpus-*.arrays"))) == 1
+    assert not loaded.vectors.data.flags.writeable
+    assert not loaded.prior.flags.writeable
 
-        # A damaged file is prepared again, not trusted.
-        monkeypatch.undo()
-        (path,) = (tmp_path / "cache").glob("corpus-*.pickle")
-        path.write_bytes(b"not a pickle")
-        third = delivery.CorpusCache(directory=tmp_path / "cache")
-        again, _ = third.get(session=session, settings=db_settings, digest_date=NOW.date(), now=NOW)
-        assert rank_prepared(again, profile, config=config) == rank_prepared(
-            corpus, profile, config=config
-        )
+    # A damaged file is prepared again, not trusted.
+    monkeypatch.undo()
+    (path,) = (tmp_path / "cache").glob("corpus-*.pickle")
+    path.write_bytes(b"not a pickle")
+    third = delivery.CorpusCache(directory=tmp_path / "cache")
+    again, _ = third.get(session=session, settings=db_settings, digest_date=NOW.date(), now=NOW)
+    assert rank_prepared(again, profile, config=config) == rank_prepared(
+        corpus, profile, config=config
+    )
 
 
-def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
-    engine, db_settings
+def test_speed_trick_gc_freeze_leaves_a_cached_corpus_uncollected_until_it_is_replaced(
+    seeded_store, db_settings
 ):
     import gc
     import weakref
@@ -200,36 +178,35 @@ def test_a_cached_corpus_is_left_out_of_garbage_collection_until_it_is_replaced(
     class Node:
         pass
 
-    with Session(engine) as session:
-        seed(session)
-        cache = delivery.CorpusCache()
-        # A reference cycle alive while the corpus is loaded: frozen with it.
-        node = Node()
-        node.me = node
-        alive = weakref.ref(node)
-        try:
-            corpus, _ = cache.get(
-                session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
-            )
-            assert gc.get_freeze_count() > 0
-            assert not any(o is corpus.papers for o in gc.get_objects())  # nothing to walk
-            del node
-            gc.collect()
-            assert alive() is not None  # frozen: collections leave it alone
-            # The next date's corpus unfreezes first: the cycle is collected at last.
-            later = NOW + dt.timedelta(days=1)
-            cache.get(session=session, settings=db_settings, digest_date=later.date(), now=later)
-            assert alive() is None
-        finally:
-            gc.unfreeze()
+    session = seeded_store
+    cache = delivery.CorpusCache()
+    # A reference cycle alive while the corpus is loaded: frozen with it.
+    node = Node()
+    node.me = node
+    alive = weakref.ref(node)
+    try:
+        corpus, _ = cache.get(
+            session=session, settings=db_settings, digest_date=NOW.date(), now=NOW
+        )
+        assert gc.get_freeze_count() > 0
+        assert not any(o is corpus.papers for o in gc.get_objects())  # nothing to walk
+        del node
+        gc.collect()
+        assert alive() is not None  # frozen: collections leave it alone
+        # The next date's corpus unfreezes first: the cycle is collected at last.
+        later = NOW + dt.timedelta(days=1)
+        cache.get(session=session, settings=db_settings, digest_date=later.date(), now=later)
+        assert alive() is None
+    finally:
+        gc.unfreeze()
 
 
-def test_sent_marks_are_recorded_on_a_reused_connection_and_errors_surface(engine, db_settings):
+def test_speed_trick_prepared_sent_marks_work_on_a_reused_connection_and_errors_surface(
+    engine, db_settings
+):
     with Session(engine) as session:
         for i in range(3):
-            subscribers.add_subscriber(
-                session=session, email=f"m{i}@example.com", topics=["diffusion models"], now=NOW
-            )
+            make_subscriber(session, email=f"m{i}@example.com")
         ids = delivery.plan_deliveries(
             session=session, settings=db_settings, now=NOW, digest_date=NOW.date()
         ).delivery_ids

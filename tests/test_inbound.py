@@ -10,14 +10,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from sqlmodel import Session, select
 
-from digest import delivery, paperstore, subscribers
+from digest import delivery, subscribers
 from digest.db import create_schema, make_engine
 from digest.inbound import candidate_tokens
 from digest.mailer import FileMailer
 from digest.models import Subscriber
 from digest.tokens import Purpose, make_token
 from tests.conftest import SECRET, make_settings
-from tests.factories import NOW, make_paper
+from tests.factories import NOW, make_paper, make_subscriber, store_papers
 from tests.test_cli import run
 
 
@@ -37,15 +37,11 @@ def store(tmp_path):
     engine = make_engine(settings.database_url)
     create_schema(engine)
     with Session(engine) as session:
-        paperstore.upsert_papers(
-            session=session,
-            now=NOW,
-            papers=[make_paper(title="Diffusion models at scale", abstract="Diffusion models.")],
+        store_papers(
+            session, [make_paper(title="Diffusion models at scale", abstract="Diffusion models.")]
         )
         for name in ("ada", "bob", "carl"):
-            subscribers.add_subscriber(
-                session=session, email=f"{name}@example.com", topics=["diffusion models"], now=NOW
-            )
+            make_subscriber(session, email=f"{name}@example.com")
         summary = delivery.send_due_digests(
             session=session,
             mailer=FileMailer(settings.outbox_dir),

@@ -63,6 +63,8 @@ def test_the_wheel_holds_every_subpackage_the_templates_seeds_and_migrations(ins
         "digest/migrations/script.py.mako",
         "digest/_data/seeds/papers.jsonl",
         "digest/_data/templates/email/digest/body.html",
+        "digest/web/static/subscribe.js",
+        "digest/web/static/web.css",
         "workers/tasks.py",
     ):
         assert name in names, name

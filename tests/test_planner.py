@@ -5,9 +5,10 @@ import datetime as dt
 from freezegun import freeze_time
 from sqlmodel import Session, select
 
-from digest import delivery, paperstore, subscribers
+from digest import delivery, subscribers
 from digest.models import Delivery, DeliveryState, Frequency, SubscriberStatus
 from digest.schedule import SendWindow, latest_due, send_moment
+from tests.factories import make_paper, make_subscriber, store_papers
 
 CATCHUP = dt.timedelta(hours=12)
 
@@ -21,8 +22,8 @@ def now_utc():
 
 
 def add(session, email, **kw):
-    kw.setdefault("topics", ["x"])
-    return subscribers.add_subscriber(session=session, email=email, now=utc(2026, 1, 1), **kw)
+    """A subscriber who signed up before every moment these tests plan at."""
+    return make_subscriber(session, email=email, now=utc(2026, 1, 1), **kw)
 
 
 def planned(session):
@@ -128,19 +129,18 @@ def test_latest_due_is_pure_and_honours_the_catchup_window():
 
 def test_unsubscribing_after_planning_is_honoured_before_sending(engine, db_settings):
     from digest.mailer import FileMailer
-    from tests.factories import make_paper
 
     with Session(engine) as session:
-        paperstore.upsert_papers(
-            session=session,
-            now=utc(2026, 1, 15, 6),
-            papers=[
+        store_papers(
+            session,
+            [
                 make_paper(
                     title="Diffusion models",
                     abstract="Diffusion models.",
                     published=utc(2026, 1, 15),
                 )
             ],
+            now=utc(2026, 1, 15, 6),
         )
         sub = add(session, "a@example.com", topics=["diffusion models"])
         plan = delivery.plan_deliveries(

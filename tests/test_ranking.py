@@ -457,7 +457,7 @@ def test_tfidf_path_compares_liked_papers_without_the_encoder_unless_configured(
 # Topics shared by many subscribers are scored once per corpus, within a memory budget.
 
 
-def test_shared_topics_are_computed_once_and_a_tiny_memo_ranks_the_same():
+def test_speed_trick_query_memo_computes_shared_topics_once_and_a_tiny_memo_ranks_the_same():
     from digest.ranking import QueryMemo
 
     papers = corpus()
@@ -517,7 +517,7 @@ def test_the_feature_limit_is_kept_and_below_it_the_vocabulary_is_that_of_a_limi
 
 
 @pytest.mark.parametrize("limit", [150, 1000, 300_000])
-def test_the_feature_limit_keeps_the_terms_scikit_learn_keeps(limit):
+def test_speed_trick_feature_limit_after_rare_terms_keeps_the_terms_scikit_learn_keeps(limit):
     """The limit is applied after the rare terms are dropped (not on every term met, as
     scikit-learn does): the same vocabulary, ties included, and the same rows and transform."""
     import random
@@ -549,7 +549,7 @@ def test_the_feature_limit_keeps_the_terms_scikit_learn_keeps(limit):
     assert abs(model.transform(new) - normalize(reference.transform(new))).max() < 1e-6
 
 
-def test_row_dots_are_the_sparse_product_of_the_rows():
+def test_speed_trick_row_dots_are_the_sparse_product_of_the_rows():
     from scipy import sparse
 
     from digest.ranking import _row_dots
@@ -577,7 +577,7 @@ def test_row_dots_are_the_sparse_product_of_the_rows():
         assert np.allclose(got, expected, atol=1e-6)
 
 
-def test_feedback_papers_are_tokenised_once_per_corpus_and_the_memo_is_bounded(monkeypatch):
+def test_speed_trick_text_rows_tokenise_feedback_papers_once_per_corpus_within_a_bound(monkeypatch):
     from digest.ranking import TextRows, TopicModel
 
     texts = [f"paper {i} about robots and {i} walking legs" for i in range(40)]

@@ -5,30 +5,14 @@ from email import message_from_bytes, policy
 
 from sqlmodel import Session, select
 
-from digest import delivery, digests, paperstore, subscribers
+from digest import delivery, digests, subscribers
 from digest.envelope import new_message_id, new_message_ids
 from digest.mailer import FileMailer, SMTPConfig, SMTPMailer
 from digest.models import Delivery, DeliveryItem, DeliveryState, Paper, SubscriberStatus
 from tests.conftest import free_port
-from tests.factories import NOW, make_paper
+from tests.factories import NOW, make_delivery, make_subscriber
 
 DAY = NOW.date()
-
-
-def seed(session, n=12):
-    papers = [
-        make_paper(
-            title=f"Diffusion models trick {i}",
-            abstract=f"Diffusion models improved by trick {i} of {i * 13} steps.",
-        )
-        for i in range(n)
-    ]
-    papers.append(
-        make_paper(
-            title="Legged robots walk", abstract="Legged robots learn to walk on rough ground."
-        )
-    )
-    paperstore.upsert_papers(session=session, papers=papers, now=NOW)
 
 
 def outbox_messages(settings):
@@ -38,69 +22,52 @@ def outbox_messages(settings):
     ]
 
 
-def test_sending_twice_for_the_same_date_sends_nothing_the_second_time(engine, db_settings):
+def test_sending_twice_for_the_same_date_sends_nothing_the_second_time(seeded_store, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
-    with Session(engine) as session:
-        seed(session)
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
-        )
-        first = delivery.send_due_digests(
-            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
-        )
-        second = delivery.send_due_digests(
-            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
-        )
+    session = seeded_store
+    make_subscriber(session, email="a@example.com")
+    first = delivery.send_due_digests(
+        session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+    )
+    second = delivery.send_due_digests(
+        session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+    )
     assert first.sent == [("a@example.com", 10)]
     assert second.sent == []
     assert second.skipped == [("a@example.com", f"already sent for {DAY.isoformat()}")]
     assert len(outbox_messages(db_settings)) == 1
 
 
-def test_the_next_day_never_repeats_a_paper(engine, db_settings):
+def test_the_next_day_never_repeats_a_paper(seeded_store, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
-    with Session(engine) as session:
-        seed(session)
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
-        )
-        delivery.send_due_digests(
-            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
-        )
-        tomorrow = NOW + dt.timedelta(days=1)
-        second = delivery.send_due_digests(
-            session=session,
-            mailer=mailer,
-            settings=db_settings,
-            now=tomorrow,
-            digest_date=tomorrow.date(),
-        )
-        assert second.sent == [("a@example.com", 2)]  # 12 diffusion papers, 10 already sent
-        items = list(session.exec(select(DeliveryItem)))
-        assert len(items) == 12 and len({i.paper_id for i in items}) == 12
+    session = seeded_store
+    make_subscriber(session, email="a@example.com")
+    delivery.send_due_digests(
+        session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+    )
+    tomorrow = NOW + dt.timedelta(days=1)
+    second = delivery.send_due_digests(
+        session=session,
+        mailer=mailer,
+        settings=db_settings,
+        now=tomorrow,
+        digest_date=tomorrow.date(),
+    )
+    assert second.sent == [("a@example.com", 2)]  # 12 diffusion papers, 10 already sent
+    items = list(session.exec(select(DeliveryItem)))
+    assert len(items) == 12 and len({i.paper_id for i in items}) == 12
 
 
-def test_unsubscribed_and_unconfirmed_addresses_get_nothing(engine, db_settings):
+def test_unsubscribed_and_unconfirmed_addresses_get_nothing(seeded_store, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
-    with Session(engine) as session:
-        seed(session)
-        gone = subscribers.add_subscriber(
-            session=session, email="gone@example.com", topics=["diffusion models"], now=NOW
-        )
-        subscribers.add_subscriber(
-            session=session,
-            email="new@example.com",
-            topics=["diffusion models"],
-            now=NOW,
-            status=SubscriberStatus.PENDING,
-        )
-        subscribers.add_subscriber(
-            session=session, email="stay@example.com", topics=["diffusion models"], now=NOW
-        )
-        subscribers.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
-        summary = delivery.send_due_digests(
-            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
-        )
+    session = seeded_store
+    gone = make_subscriber(session, email="gone@example.com")
+    make_subscriber(session, email="new@example.com", status=SubscriberStatus.PENDING)
+    make_subscriber(session, email="stay@example.com")
+    subscribers.unsubscribe(session=session, subscriber_id=gone.id, now=NOW)
+    summary = delivery.send_due_digests(
+        session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+    )
     assert [e for e, _ in summary.sent] == ["stay@example.com"]
     assert dict(summary.skipped) == {
         "gone@example.com": "unsubscribed",
@@ -109,17 +76,14 @@ def test_unsubscribed_and_unconfirmed_addresses_get_nothing(engine, db_settings)
     assert [str(m["To"]) for m in outbox_messages(db_settings)] == ["stay@example.com"]
 
 
-def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
+def test_no_relevant_paper_means_no_email_and_a_reason(seeded_store, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
-    with Session(engine) as session:
-        seed(session)
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["protein folding"], now=NOW
-        )
-        summary = delivery.send_due_digests(
-            session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
-        )
-        (row,) = session.exec(select(Delivery)).all()
+    session = seeded_store
+    make_subscriber(session, email="a@example.com", topics=["protein folding"])
+    summary = delivery.send_due_digests(
+        session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
+    )
+    (row,) = session.exec(select(Delivery)).all()
     assert summary.sent == []
     assert summary.skipped == [("a@example.com", "no new paper above the relevance threshold")]
     assert row.state == DeliveryState.SKIPPED
@@ -129,9 +93,7 @@ def test_no_relevant_paper_means_no_email_and_a_reason(engine, db_settings):
 def test_an_empty_store_is_a_normal_day_with_a_reason(engine, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
     with Session(engine) as session:
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["protein folding"], now=NOW
-        )
+        make_subscriber(session, email="a@example.com", topics=["protein folding"])
         summary = delivery.send_due_digests(
             session=session, mailer=mailer, settings=db_settings, now=NOW, digest_date=DAY
         )
@@ -142,59 +104,53 @@ def test_an_empty_store_is_a_normal_day_with_a_reason(engine, db_settings):
     assert outbox_messages(db_settings) == []
 
 
-def test_dry_run_sends_and_records_nothing(engine, db_settings):
+def test_dry_run_sends_and_records_nothing(seeded_store, db_settings):
     mailer = FileMailer(db_settings.outbox_dir)
-    with Session(engine) as session:
-        seed(session)
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
-        )
-        summary = delivery.send_due_digests(
-            session=session,
-            mailer=mailer,
-            settings=db_settings,
-            now=NOW,
-            digest_date=DAY,
-            dry_run=True,
-        )
-        assert summary.sent == [("a@example.com", 10)]
-        assert list(session.exec(select(Delivery))) == []
+    session = seeded_store
+    make_subscriber(session, email="a@example.com")
+    summary = delivery.send_due_digests(
+        session=session,
+        mailer=mailer,
+        settings=db_settings,
+        now=NOW,
+        digest_date=DAY,
+        dry_run=True,
+    )
+    assert summary.sent == [("a@example.com", 10)]
+    assert list(session.exec(select(Delivery))) == []
     assert outbox_messages(db_settings) == []
 
 
 def test_dead_smtp_server_fails_clearly_keeps_state_and_a_later_run_delivers(
-    engine, db_settings, smtp_server
+    seeded_store, db_settings, smtp_server
 ):
     dead = SMTPMailer(SMTPConfig(host="127.0.0.1", port=free_port(), timeout=2))
-    with Session(engine) as session:
-        seed(session)
-        subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
-        )
-        summary = delivery.send_due_digests(
-            session=session, mailer=dead, settings=db_settings, now=NOW, digest_date=DAY
-        )
-        assert summary.sent == []
-        ((email, reason),) = summary.failed
-        assert email == "a@example.com" and "cannot reach the SMTP server" in reason
-        (row,) = session.exec(select(Delivery)).all()
-        assert row.state == DeliveryState.FAILED and row.retry_at is not None
-        # The papers of a failed digest do not count as sent.
-        assert digests.sent_paper_ids(session=session, subscriber_ids=[row.subscriber_id]) == {
-            row.subscriber_id: set()
-        }
+    session = seeded_store
+    make_subscriber(session, email="a@example.com")
+    summary = delivery.send_due_digests(
+        session=session, mailer=dead, settings=db_settings, now=NOW, digest_date=DAY
+    )
+    assert summary.sent == []
+    ((email, reason),) = summary.failed
+    assert email == "a@example.com" and "cannot reach the SMTP server" in reason
+    (row,) = session.exec(select(Delivery)).all()
+    assert row.state == DeliveryState.FAILED and row.retry_at is not None
+    # The papers of a failed digest do not count as sent.
+    assert digests.sent_paper_ids(session=session, subscriber_ids=[row.subscriber_id]) == {
+        row.subscriber_id: set()
+    }
 
-        live = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
-        retry = delivery.send_due_digests(
-            session=session, mailer=live, settings=db_settings, now=NOW, digest_date=DAY
-        )
-        assert retry.sent == [("a@example.com", 10)]
-        session.refresh(row)
-        assert row.state == DeliveryState.SENT and row.attempts == 2
+    live = SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port))
+    retry = delivery.send_due_digests(
+        session=session, mailer=live, settings=db_settings, now=NOW, digest_date=DAY
+    )
+    assert retry.sent == [("a@example.com", 10)]
+    session.refresh(row)
+    assert row.state == DeliveryState.SENT and row.attempts == 2
     assert len(smtp_server.to("a@example.com")) == 1
 
 
-def test_message_parts_are_standard_base64_in_lines_of_76():
+def test_speed_trick_one_call_base64_is_standard_base64_in_lines_of_76():
     import base64
     import random
 
@@ -238,45 +194,32 @@ def test_parts_go_out_as_written_when_7bit_allows_and_in_base64_otherwise():
         assert text_part == ("text/plain", "base64", text)
 
 
-def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(engine):
-    import datetime as dt
-
-    with Session(engine) as session:
-        seed(session, n=4)
-        paper_ids = sorted(p.id for p in session.exec(select(Paper)))
-        sub = subscribers.add_subscriber(
-            session=session, email="a@example.com", topics=["diffusion models"], now=NOW
+def test_papers_count_as_sent_for_thirty_days_in_sent_or_sending_digests(seeded_store):
+    session = seeded_store
+    paper_ids = sorted(p.id for p in session.exec(select(Paper)))
+    sub = make_subscriber(session, email="a@example.com")
+    other = make_subscriber(session, email="b@example.com")
+    cases = [  # (days ago, state, paper)
+        (digests.SEEN_DAYS + 1, DeliveryState.SENT, paper_ids[0]),  # too old to matter
+        (digests.SEEN_DAYS, DeliveryState.SENT, paper_ids[1]),
+        (1, DeliveryState.FAILED, paper_ids[2]),  # never reached the reader
+        (0, DeliveryState.SENDING, paper_ids[3]),  # on its way
+    ]
+    for days, state, paper_id in cases:
+        make_delivery(
+            session,
+            sub,
+            digest_date=DAY - dt.timedelta(days=days),
+            state=state,
+            paper_ids=[paper_id],
         )
-        other = subscribers.add_subscriber(
-            session=session, email="b@example.com", topics=["diffusion models"], now=NOW
-        )
-        cases = [  # (days ago, state, paper)
-            (digests.SEEN_DAYS + 1, DeliveryState.SENT, paper_ids[0]),  # too old to matter
-            (digests.SEEN_DAYS, DeliveryState.SENT, paper_ids[1]),
-            (1, DeliveryState.FAILED, paper_ids[2]),  # never reached the reader
-            (0, DeliveryState.SENDING, paper_ids[3]),  # on its way
-        ]
-        for days, state, paper_id in cases:
-            row = Delivery(
-                subscriber_id=sub.id,
-                digest_date=DAY - dt.timedelta(days=days),
-                state=state.value,
-                created_at=NOW,
-                updated_at=NOW,
-            )
-            session.add(row)
-            session.commit()
-            session.add(
-                DeliveryItem(delivery_id=row.id, paper_id=paper_id, rank=1, score=1.0, why="x")
-            )
-            session.commit()
-        seen = digests.sent_paper_ids(session=session, subscriber_ids=[sub.id, other.id], today=DAY)
-        assert seen == {sub.id: {paper_ids[1], paper_ids[3]}, other.id: set()}
-        everything = digests.sent_paper_ids(session=session, subscriber_ids=[sub.id])
-        assert everything == {sub.id: {paper_ids[0], paper_ids[1], paper_ids[3]}}
+    seen = digests.sent_paper_ids(session=session, subscriber_ids=[sub.id, other.id], today=DAY)
+    assert seen == {sub.id: {paper_ids[1], paper_ids[3]}, other.id: set()}
+    everything = digests.sent_paper_ids(session=session, subscriber_ids=[sub.id])
+    assert everything == {sub.id: {paper_ids[0], paper_ids[1], paper_ids[3]}}
 
 
-def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_settings):
+def test_speed_trick_entry_parts_are_remembered_per_paper_object_never_across_papers(db_settings):
     import gc
 
     from digest.models import Paper, Subscriber
@@ -310,7 +253,7 @@ def test_entry_parts_are_remembered_per_paper_object_never_across_papers(db_sett
         gc.collect()
 
 
-def test_rendered_messages_say_they_are_canonical_and_are():
+def test_speed_trick_rendered_messages_say_they_are_canonical_and_are():
     from digest.render import _message
 
     mail = _message(
@@ -341,7 +284,7 @@ def test_message_ids_are_unique_and_well_formed():
 
 
 def test_a_send_stopped_part_way_is_recorded_as_interrupted_and_keeps_what_was_sent(
-    engine, db_settings
+    seeded_store, db_settings
 ):
     """Ctrl-C during `digest send`: the run does not stay "running" for ever; it says it was
     interrupted, with what was sent until then, and a later run sends the rest, once."""
@@ -368,48 +311,45 @@ def test_a_send_stopped_part_way_is_recorded_as_interrupted_and_keeps_what_was_s
             yield conn
 
     settings = db_settings.model_copy(update={"send_batch_size": 1})
-    with Session(engine) as session:
-        seed(session)
-        for email in ("a@example.com", "b@example.com"):
-            subscribers.add_subscriber(
-                session=session, email=email, topics=["diffusion models"], now=NOW
-            )
-        try:
-            delivery.send_due_digests(
-                session=session,
-                mailer=StopsAtSecond(settings.outbox_dir),
-                settings=settings,
-                now=NOW,
-                digest_date=DAY,
-            )
-        except KeyboardInterrupt:
-            pass
-        else:
-            raise AssertionError("the interrupt was swallowed")
-        (run,) = session.exec(select(Run).where(Run.kind == "send")).all()
-        assert run.status == "interrupted" and run.finished_at is not None
-        assert run.summary["sent"] == 1 and "KeyboardInterrupt" in run.summary["error"]
-        assert len(outbox_messages(settings)) == 1
-
-        # The digest being sent when the run stopped is left to its lease (the message may
-        # have reached the server): a run within it does not send it again ...
-        again = delivery.send_due_digests(
+    session = seeded_store
+    for email in ("a@example.com", "b@example.com"):
+        make_subscriber(session, email=email)
+    try:
+        delivery.send_due_digests(
             session=session,
-            mailer=FileMailer(settings.outbox_dir),
+            mailer=StopsAtSecond(settings.outbox_dir),
             settings=settings,
             now=NOW,
             digest_date=DAY,
         )
-        assert again.sent == []
-        assert ("b@example.com", f"already sending for {DAY.isoformat()}") in again.skipped
-        # ... and a run after it sends it, once.
-        rest = delivery.send_due_digests(
-            session=session,
-            mailer=FileMailer(settings.outbox_dir),
-            settings=settings,
-            now=NOW + dt.timedelta(seconds=settings.lease_seconds + 1),
-            digest_date=DAY,
-        )
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt was swallowed")
+    (run,) = session.exec(select(Run).where(Run.kind == "send")).all()
+    assert run.status == "interrupted" and run.finished_at is not None
+    assert run.summary["sent"] == 1 and "KeyboardInterrupt" in run.summary["error"]
+    assert len(outbox_messages(settings)) == 1
+
+    # The digest being sent when the run stopped is left to its lease (the message may
+    # have reached the server): a run within it does not send it again ...
+    again = delivery.send_due_digests(
+        session=session,
+        mailer=FileMailer(settings.outbox_dir),
+        settings=settings,
+        now=NOW,
+        digest_date=DAY,
+    )
+    assert again.sent == []
+    assert ("b@example.com", f"already sending for {DAY.isoformat()}") in again.skipped
+    # ... and a run after it sends it, once.
+    rest = delivery.send_due_digests(
+        session=session,
+        mailer=FileMailer(settings.outbox_dir),
+        settings=settings,
+        now=NOW + dt.timedelta(seconds=settings.lease_seconds + 1),
+        digest_date=DAY,
+    )
     assert rest.sent == [("b@example.com", 10)], rest
     assert len(outbox_messages(settings)) == 2
     recipients = sorted(str(m["To"]) for m in outbox_messages(settings))

@@ -112,7 +112,9 @@ def test_connection_refused_is_a_temporary_delivery_error():
 
 @pytest.mark.integration
 @pytest.mark.parametrize("extensions", ["chunking", "pipelining"])
-def test_one_round_trip_transactions_deliver_whole_messages_and_stay_in_step(tmp_path, extensions):
+def test_speed_trick_pipelined_one_round_trip_transactions_deliver_whole_messages_in_step(
+    tmp_path, extensions
+):
     """The benchmark sink (a separate process) offers PIPELINING and CHUNKING, as Postfix does:
     messages go out as MAIL+RCPT+BDAT in one write (or MAIL+RCPT+DATA, then the message, when
     BDAT is turned off), arrive byte for byte, and a refused recipient neither stops the

@@ -190,6 +190,10 @@ SUBSCRIBE_BAD_INPUT = [
     ({"timezone": "../../etc/passwd"}, "Unknown time zone"),
     ({"timezone": "Europe/Paris\r\nBcc: victim@example.com"}, "cannot contain line breaks"),
     ({"timezone": "Europe/" + "x" * 100}, "too long"),
+    # Folders of the zone database and over-long names: refused, not a 500 (issue 17, item 7).
+    ({"timezone": "America"}, "Unknown time zone"),
+    ({"timezone": "Etc"}, "Unknown time zone"),
+    ({"timezone": "x" * 5000}, "too long"),
     ({"frequency": "hourly"}, "Frequency must be daily or weekly"),
     ({"frequency": "daily\r\nBcc: victim@example.com"}, "cannot contain line breaks"),
     ({"send_hour": "25"}, "between 0 and 23"),
@@ -241,6 +245,9 @@ def test_line_breaks_in_topics_only_separate_topics_and_never_reach_a_header(
 PREFERENCES_BAD_INPUT = [
     ({"timezone": "Mars/Olympus"}, "Unknown time zone"),
     ({"timezone": "UTC\r\nBcc: victim@example.com"}, "cannot contain line breaks"),
+    ({"timezone": "America"}, "Unknown time zone"),
+    ({"timezone": "Etc"}, "Unknown time zone"),
+    ({"timezone": "x" * 5000}, "too long"),
     ({"topics": ""}, "at least one topic"),
     ({"topics": "x" * 101}, "at most 100 characters"),
     ({"topics": "\n".join(f"topic {n}" for n in range(21))}, "At most 20 topics"),

@@ -6,9 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
+import re
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, request
+from flask.wrappers import Response
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -30,6 +34,37 @@ from digest.web import views
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class WebApp(Flask):
+    """Flask, logging a failed request by its route (`/preferences/<token>`), never its path:
+    the path of most pages is a signed link that never expires."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+        self.logger.error("Exception on %s [%s]", rule, request.method, exc_info=exc_info)
+
+
+# The paths that carry a signed link, as the server in front of the app may log them.
+SIGNED_PATH = re.compile(r"/(confirm|unsubscribe|preferences|feedback|digest)/[^\s?#'\"]+")
+
+
+class SignedLinkFilter(logging.Filter):
+    """Blanks the token of a signed path in a log line: waitress logs the path of a request
+    whose client went away ("Client disconnected while serving /preferences/…")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = SIGNED_PATH.sub(r"/\1/<token>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _redact_server_logs() -> None:
+    server = logging.getLogger("waitress")
+    if not any(isinstance(f, SignedLinkFilter) for f in server.filters):
+        server.addFilter(SignedLinkFilter())
 
 
 class InsecureSecretKey(RuntimeError):
@@ -64,6 +99,37 @@ def target_address_key(secret_key: str) -> Callable[[], str]:
     return key
 
 
+# Scripts and styles come from this site's files only (static/), so an injected link or tag cannot
+# run; no page may be framed (clickjacking of the one-click forms), and no page sends a Referer:
+# most carry a signed link in their address.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# The web copy of a digest is the email's HTML, styled inline as emails must be; still no script.
+WEB_COPY_POLICY = CONTENT_SECURITY_POLICY.replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+)
+HSTS = "max-age=31536000"
+
+
+def _security_headers(https: bool) -> Callable[[Response], Response]:
+    def add(response: Response) -> Response:
+        headers = response.headers
+        inline_styles = request.endpoint == "web.web_copy"
+        headers["Content-Security-Policy"] = (
+            WEB_COPY_POLICY if inline_styles else CONTENT_SECURITY_POLICY
+        )
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        if https:
+            headers["Strict-Transport-Security"] = HSTS
+        return response
+
+    return add
+
+
 def _limit_subscriptions(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         get_remote_address,
@@ -91,15 +157,20 @@ def create_app(
     clock: Callable[[], dt.datetime] = _utcnow,
 ) -> Flask:
     check_secret_key(settings)
-    app = Flask(__name__, template_folder=str(settings.templates_dir))
+    app = WebApp(__name__, template_folder=str(settings.templates_dir))
     install_filters(app.jinja_env)
     if settings.trusted_proxy_hops:
         # Behind a reverse proxy the client address is in X-Forwarded-For: rate limits key on it.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxy_hops, x_proto=settings.trusted_proxy_hops
         )
+    https = settings.base_url.lower().startswith("https://")
     app.config.update(
         SECRET_KEY=settings.secret_key,
+        # The session holds the CSRF secret: not sent on cross-site posts, nor over plain http
+        # when the site is served over https.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=https,
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
@@ -113,6 +184,8 @@ def create_app(
         clock=clock,
     )
     app.register_blueprint(views.bp)
+    app.after_request(_security_headers(https))
+    _redact_server_logs()
     app.teardown_appcontext(views.close_session)
     csrf = CSRFProtect(app)
     csrf.exempt(views.unsubscribe)
