@@ -36,8 +36,9 @@ class PreparedCorpus:
     embedded_t: np.ndarray | None = None
     # BM25 over the candidates, when relevance is hybrid (dense + lexical).
     lexical: Bm25 | None = None
-    # Each topic text's sentence embedding (hybrid relevance), to say "matches" only when a
-    # pick is really close to the topic.
+    # Sentence embeddings of the texts read against this corpus (topics, liked and disliked
+    # papers), each text encoded once per corpus: the encoder costs ~0.1 s a paper, and the
+    # same topics and liked papers come back in every batch. Also how "matches" is decided.
     query_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     # (model corpus x papers): each paper's nearest corpus papers, for field votes.
     neighbours_t: sparse.csr_matrix | None = None
@@ -182,6 +183,25 @@ def prepare_corpus(
         lexical=lexical,
         neighbours_t=None if neighbours is None else neighbours.T.tocsr(),
     )
+
+
+QUERY_EMBEDDINGS_MAX = 100_000  # about 150 MB of rows
+
+
+def encode_memo(corpus: PreparedCorpus, model: TopicModel, texts: Sequence[str]) -> np.ndarray:
+    """Unit rows for `texts`, each distinct text encoded once per corpus (for the corpus's own
+    model; another model's encoder is not remembered)."""
+    if model is not corpus.model:
+        return _encode(model, texts)
+    memo = corpus.query_embeddings
+    missing = [t for t in dict.fromkeys(texts) if t not in memo]
+    if missing:
+        if len(memo) + len(missing) > QUERY_EMBEDDINGS_MAX:
+            memo.clear()
+        memo.update(zip(missing, _encode(model, missing), strict=True))
+    if not texts:
+        return np.zeros((0, 0))
+    return np.stack([memo[t] for t in texts])
 
 
 def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:

@@ -129,12 +129,6 @@ class RankingConfig:
     gate_dense_weight: float = 0.5
     gate_min: float = 0.31
     paper_gate_min: float = 0.26
-    # The lexical half of hybrid relevance: "bm25", or "lsa" (TF-IDF with its latent space).
-    hybrid_lexical: str = "bm25"
-    # Pseudo-relevance feedback for topics in the embedding space (0 papers: off; it lowered
-    # precision on the tuning months).
-    dense_feedback_papers: int = 0
-    dense_feedback_weight: float = 0.5
     # With sentence embeddings, profiles with liked papers get their own logistic regression
     # (digest/ranking/preference.py) of this inverse regularisation (0: the liked papers'
     # centroid instead), against up to `preference_background` of the day's papers.

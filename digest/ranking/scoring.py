@@ -7,14 +7,21 @@ web preview, the benchmarks and the email all call the same `rank_papers`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from sklearn.preprocessing import normalize
 
-from digest.ranking.corpus import PreparedCorpus, QueryMemo, TextRows, _encode, prepare_corpus
+from digest.ranking.corpus import (
+    PreparedCorpus,
+    QueryMemo,
+    TextRows,
+    _encode,
+    encode_memo,
+    prepare_corpus,
+)
 from digest.ranking.hybrid import fuse
 from digest.ranking.lexical import TopicModel
 from digest.ranking.model import Pick, Profile, RankingConfig, RankPaper
@@ -104,7 +111,7 @@ def _centroids(
     model: TopicModel,
     groups: Sequence[Sequence[RankPaper]],
     *,
-    embed: bool,
+    embed: Callable[[Sequence[str]], np.ndarray] | None,
     memo: TextRows | None = None,
 ) -> tuple[sparse.csr_matrix, list[sparse.csr_matrix], np.ndarray | None]:
     """One unit centroid per group of papers, each group's own paper vectors, and (with
@@ -123,7 +130,7 @@ def _centroids(
     embedded = None
     if embed and model.encoder is not None:
         texts = [p.embedding_text for g in groups for p in g]
-        embedded = normalize(owner @ _encode(model, texts))
+        embedded = normalize(owner @ embed(texts))
     return normalize(owner @ vectors).astype(np.float32).tocsr(), members, embedded
 
 
@@ -145,20 +152,11 @@ def _query_similarities(
                 rows[text] = row
     missing = [t for t in dict.fromkeys(texts) if t not in rows]
     if missing and corpus.lexical is not None and corpus.embedded_t is not None:
-        encoded = _encode(model, missing)
-        if len(corpus.query_embeddings) > 100_000:
-            corpus.query_embeddings.clear()
-        corpus.query_embeddings.update(zip(missing, encoded, strict=True))
-        dense = _expanded(encoded, corpus.embedded_t, config) @ corpus.embedded_t
+        closeness = encode_memo(corpus, model, missing) @ corpus.embedded_t
         words = corpus.lexical.scores(missing)
-        if config.hybrid_lexical == "lsa":
-            lexical = _similarities(model, corpus, model.transform(missing), config)
-        else:
-            lexical = words
-        sims = fuse(dense, lexical, config.dense_weight)
+        sims = fuse(closeness, words, config.dense_weight)
         if gated:
             # Below the gate a paper is not sent for this topic: marked under any threshold.
-            closeness = encoded @ corpus.embedded_t
             mix = fuse(closeness, words, config.gate_dense_weight)
             # A topic is matched today when one paper passes `gate_min`; then each of its
             # papers must still pass `paper_gate_min`. Otherwise nothing is sent for it.
@@ -306,7 +304,11 @@ def _feedback_relevance(
         centroids, groups, embedded = _centroids(
             model,
             [getattr(profiles[i], kind) for i in owners_list],
-            embed=hybrid or config.feedback_embedding_weight > 0,
+            embed=(
+                (lambda texts: encode_memo(corpus, model, texts))
+                if hybrid or config.feedback_embedding_weight > 0
+                else None
+            ),
             memo=corpus.feedback_rows if model is corpus.model else None,
         )
         if hybrid and embedded is not None and corpus.embedded_t is not None:
@@ -422,9 +424,9 @@ def _preferences(
     model = corpus.model
     rows = []
     for profile in profiles:
-        liked = _encode(model, [p.embedding_text for p in profile.liked])
+        liked = encode_memo(corpus, model, [p.embedding_text for p in profile.liked])
         disliked = (
-            _encode(model, [p.embedding_text for p in profile.disliked])
+            encode_memo(corpus, model, [p.embedding_text for p in profile.disliked])
             if profile.disliked
             else np.zeros((0, background.shape[1]))
         )
@@ -434,23 +436,8 @@ def _preferences(
                 liked,
                 disliked,
                 background,
-                topics=_encode(model, topics) if topics else None,
+                topics=encode_memo(corpus, model, topics) if topics else None,
                 c=config.preference_c,
             )
         )
     return np.vstack(rows)
-
-
-def _expanded(queries: np.ndarray, embedded_t: np.ndarray, config: RankingConfig) -> np.ndarray:
-    """Pseudo-relevance feedback in the embedding space: each query moved towards its
-    `dense_feedback_papers` nearest candidates (Rocchio), so a two-word topic reads like the
-    papers of its field; off at 0."""
-    m = min(config.dense_feedback_papers, embedded_t.shape[1])
-    if m <= 0 or not len(queries):
-        return queries
-    sims = queries @ embedded_t
-    top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
-    centroid = embedded_t.T[top].mean(axis=1)
-    centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
-    moved = queries + config.dense_feedback_weight * centroid
-    return np.asarray(moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12))
