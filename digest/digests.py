@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.db import one_of
-from digest.embedding_store import paper_embeddings
+from digest.embedding_store import EmbeddingCache, paper_embeddings
 from digest.encoder import load_encoder
 from digest.errors import UserError
 from digest.links import signed_link
@@ -155,19 +155,25 @@ class Ranked:
 
 
 def prepare_candidates(
-    *, session: Session, settings: Settings, papers: Sequence[Paper], as_of: dt.datetime
+    *,
+    settings: Settings,
+    papers: Sequence[Paper] | Sequence[RankPaper],
+    as_of: dt.datetime,
+    session: Session | None = None,
+    cache: EmbeddingCache | None = None,
+    config: RankingConfig | None = None,
 ) -> PreparedCorpus:
-    """The candidates prepared for ranking: with the active encoder, their stored embeddings
-    (a paper not encoded yet is encoded now and stored) for hybrid relevance; without one,
-    TF-IDF alone."""
+    """The candidates prepared for ranking: with the active encoder, their embeddings from the
+    store (`session`) or a file cache (`cache`), a paper not encoded yet encoded now and kept,
+    for hybrid relevance; without an encoder, TF-IDF alone."""
     encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
     embeddings = None
     if encoder is not None and papers:
-        embeddings = paper_embeddings(encoder=encoder, papers=papers, session=session)
+        embeddings = paper_embeddings(encoder=encoder, papers=papers, session=session, cache=cache)
     return prepare_corpus(
         [RankPaper.of(p) for p in papers],
         now=as_of,
-        config=ranking_config(settings),
+        config=config or ranking_config(settings),
         encoder=encoder.encode if encoder is not None else None,
         embeddings=embeddings,
     )

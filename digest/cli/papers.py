@@ -279,28 +279,17 @@ def _rank_time(now_text: str | None) -> dt.datetime:
 def _rank_corpus(
     app: App, papers: list[RankPaper], now: dt.datetime, config: RankingConfig
 ) -> PreparedCorpus | None:
-    """The file's papers prepared once: with the encoder (hybrid relevance), their embeddings
-    come from the cache when an earlier run (same model, same text) encoded them."""
-    from digest.embedding_store import cache_for, paper_embeddings
-    from digest.encoder import load_encoder
-    from digest.ranking import prepare_corpus
+    """The file's papers prepared once, as delivery prepares candidates; their embeddings come
+    from the cache when an earlier run (same model, same text) encoded them."""
+    from digest.embedding_store import cache_for
 
     if not papers:
         return None
     settings = app.plain_settings
-    encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
-    embeddings = None
-    if encoder is not None:
-        cache = cache_for(settings.cache_dir)
-        embeddings = paper_embeddings(encoder=encoder, papers=papers, cache=cache)
-        click.echo(
-            f"Embeddings: {cache.hits} cached, {cache.misses} encoded ({encoder.model_key})",
-            err=True,
-        )
-    return prepare_corpus(
-        papers,
-        now=now,
-        config=config,
-        encoder=encoder.encode if encoder else None,
-        embeddings=embeddings,
+    cache = cache_for(settings.cache_dir)
+    corpus = digests.prepare_candidates(
+        settings=settings, papers=papers, as_of=now, cache=cache, config=config
     )
+    if corpus.embedded_t is not None:
+        click.echo(f"Embeddings: {cache.hits} cached, {cache.misses} encoded", err=True)
+    return corpus
