@@ -216,6 +216,16 @@ class Settings(BaseSettings):
     # Token lifetimes (seconds).
     confirm_max_age: int = 3 * 24 * 3600
 
+    # Operating (digest/logs.py, digest/metrics.py, digest/errorreport.py). Logs go to stderr,
+    # one line per event, as text or as one JSON object a line.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Errors reported to Sentry (or a compatible server) by the web app, workers, beat and CLI.
+    sentry_dsn: str | None = None
+    # /metrics answers a request with `Authorization: Bearer <this>`; unset, only a request
+    # made on this host (a loopback peer, not through a proxy) is answered.
+    metrics_token: str | None = Field(default=None, min_length=MIN_SECRET_KEY_CHARS)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -225,6 +235,24 @@ class Settings(BaseSettings):
     @classmethod
     def _smtp_url(cls, value: str) -> str:
         check_smtp_url(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _sentry_dsn(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from sentry_sdk.utils import BadDsn, Dsn
+
+        try:
+            Dsn(value)
+        except BadDsn as exc:
+            raise ValueError(f"not a Sentry DSN like https://KEY@host/PROJECT ({exc})") from None
         return value
 
     @field_validator("default_timezone")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import mailbox
 import re
 from collections.abc import Callable, Iterator
@@ -18,9 +19,11 @@ from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, col, select
 
+from digest.logs import event
 from digest.models import InboundMessage, Subscriber, SubscriberStatus
 from digest.subscribers import unsubscribe
 from digest.tokens import InvalidToken, Purpose, read_token
@@ -44,6 +47,8 @@ UNSUBSCRIBED = "unsubscribed"
 ALREADY_UNSUBSCRIBED = "already unsubscribed"
 REFUSED = "refused"
 SEEN_BEFORE = "seen before"
+RESULTS = (UNSUBSCRIBED, ALREADY_UNSUBSCRIBED, REFUSED, SEEN_BEFORE)
+log = logging.getLogger(__name__)
 
 
 class MailboxError(Exception):
@@ -204,9 +209,21 @@ def process_unsubscribe_requests(
     """
     report = InboundReport()
     for key, raw in messages:
-        report.outcomes.append(_process_one(session, secret_key, key, raw, now))
+        outcome = _process_one(session, secret_key, key, raw, now)
+        report.outcomes.append(outcome)
+        level = logging.WARNING if outcome.result == REFUSED else logging.INFO
+        event(
+            log,
+            "unsubscribe_mail.read",
+            level=level,
+            key=key,
+            result=outcome.result,
+            reason=outcome.reason or None,
+        )
         if progress:
             progress(1)
+    counts: dict[str, Any] = {r.replace(" ", "_"): report.count(r) for r in RESULTS}
+    event(log, "unsubscribe_mail.finished", processed=report.processed, **counts)
     return report
 
 
@@ -266,7 +283,7 @@ def _act(
         if used is not None:
             reason = "token already used by an earlier request; subscribed again since"
             return Outcome(key, sender, REFUSED, reason, email=subscriber.email), token
-        unsubscribe(session=session, subscriber_id=subscriber.id, now=now)
+        unsubscribe(session=session, subscriber_id=subscriber.id, now=now, via="mail")
         return Outcome(key, sender, UNSUBSCRIBED, email=subscriber.email), token
     return Outcome(key, sender, REFUSED, reason), None
 

@@ -4,6 +4,7 @@ why a morning may have no new papers) as a Run row that `digest status` shows.""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +14,11 @@ from sqlmodel import Session
 
 from digest.config import Settings
 from digest.errors import UserError
+from digest.logs import event
 from digest.models import Run
 from digest.papers import PaperIn
 from digest.paperstore import load_seeds, upsert_papers
+from digest.runs import log_run_finished, log_run_started, run_fields
 from digest.sources import BadResponse, ParseResult
 from digest.sources.arxiv import (
     fetch_arxiv_api,
@@ -28,8 +31,10 @@ from digest.sources.http import FetchError, HttpClient, Response, Throttle
 
 SOURCES = ("hf", "arxiv", "seeds")
 MAX_RECORDED_MESSAGES = 50  # per list in a run summary; the counts are always complete
+MAX_LOGGED_ERRORS = 5  # per run: the rest are in the run's record (`digest status`)
 
 Sleep = Callable[[float], None]
+log = logging.getLogger(__name__)
 
 
 def make_client(
@@ -156,6 +161,17 @@ def _record(run: Run, summary: dict[str, Any]) -> None:
     run.summary = summary
 
 
+def _record_crash(
+    session: Session, run: Run, summary: dict[str, Any], exc: Exception, now: dt.datetime
+) -> None:
+    run.status = "failed"
+    run.finished_at = now
+    _record(run, {**summary, "errors": [f"{type(exc).__name__}: {exc}"]})
+    session.add(run)
+    session.commit()
+    event(log, "ingest.crashed", level=logging.ERROR, exc_info=True, **run_fields(run))
+
+
 def ingest_source(
     *,
     session: Session,
@@ -174,6 +190,7 @@ def ingest_source(
     run = Run(kind="ingest", started_at=now, summary={"source": source})
     session.add(run)
     session.commit()
+    log_run_started(log, run)
     summary: dict[str, Any] = {"source": source}
     if day is not None:
         summary["date"] = day.isoformat()
@@ -199,11 +216,7 @@ def ingest_source(
                     settings, day=day, categories=categories, sleep=sleep, clock=clock
                 )
         except Exception as exc:  # a bug or an unforeseen failure: record it, keep the store
-            run.status = "failed"
-            run.finished_at = now
-            _record(run, {**summary, "errors": [f"{type(exc).__name__}: {exc}"]})
-            session.add(run)
-            session.commit()
+            _record_crash(session, run, summary, exc, now)
             raise
         result = upsert_papers(session=session, papers=collected.papers, now=now)
         summary.update(
@@ -233,6 +246,9 @@ def ingest_source(
     _record(run, summary)
     session.add(run)
     session.commit()
+    log_run_finished(log, run)
+    for error in collected.errors[:MAX_LOGGED_ERRORS]:
+        event(log, "ingest.request_failed", level=logging.WARNING, source=source, error=error)
     return run
 
 
@@ -268,24 +284,3 @@ def ingest_sources(
         if on_done is not None:
             on_done(run)
     return runs
-
-
-def describe_run(run: Run) -> list[str]:
-    """An ingest run in a few lines: counts, then why it was empty, then what went wrong."""
-    s = run.summary
-    where = s.get("source", "?")
-    if s.get("date"):
-        where += f" {s['date']}"
-    if s.get("categories"):
-        where += f" [{', '.join(s['categories'])}]"
-    lines = [
-        f"{where}: fetched {s.get('fetched', 0)}, new {s.get('new', 0)}, "
-        f"updated {s.get('updated', 0)}, bad items {s.get('bad_item_count', 0)}, "
-        f"failed requests {s.get('failed_requests', 0)}/{s.get('requests', 0)}"
-    ]
-    if s.get("empty_reason"):
-        lines.append(f"no new papers: {s['empty_reason']}")
-    lines += [f"error: {e}" for e in s.get("errors", [])[:5]]
-    lines += [f"bad item: {e}" for e in s.get("bad_items", [])[:5]]
-    lines += [f"note: {n}" for n in s.get("notes", [])[:5]]
-    return lines

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import TypedDict
@@ -14,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.errors import UserError
+from digest.logs import event
 from digest.mailer import Mailer
 from digest.models import (
     Delivery,
@@ -32,6 +34,7 @@ MAX_TOPICS = 20
 MAX_TOPIC_LENGTH = 100
 MAX_TIMEZONE_LENGTH = 64
 MAX_PAUSE_DAYS = 365
+log = logging.getLogger(__name__)
 
 
 def normalize_email(raw: str) -> str:
@@ -139,6 +142,7 @@ def add_subscriber(
     session.add(subscriber)
     session.commit()
     session.refresh(subscriber)
+    event(log, "subscriber.added", subscriber=subscriber.id, status=subscriber.status)
     return subscriber
 
 
@@ -154,6 +158,7 @@ def remove_subscriber(*, session: Session, email: str) -> bool:
     session.execute(delete(Feedback).where(col(Feedback.subscriber_id) == subscriber.id))
     session.delete(subscriber)
     session.commit()
+    event(log, "subscriber.removed", subscriber=subscriber.id)
     return True
 
 
@@ -161,7 +166,10 @@ def list_subscribers(*, session: Session) -> list[Subscriber]:
     return list(session.exec(select(Subscriber).order_by(col(Subscriber.email))))
 
 
-def unsubscribe(*, session: Session, subscriber_id: int, now: dt.datetime) -> Subscriber | None:
+def unsubscribe(
+    *, session: Session, subscriber_id: int, now: dt.datetime, via: str = "link"
+) -> Subscriber | None:
+    """Unsubscribe (once); `via` (link, mail) says how the request came, for the log."""
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
         return None
@@ -170,6 +178,7 @@ def unsubscribe(*, session: Session, subscriber_id: int, now: dt.datetime) -> Su
         subscriber.unsubscribed_at = now
         session.add(subscriber)
         session.commit()
+        event(log, "subscriber.unsubscribed", subscriber=subscriber_id, via=via)
     return subscriber
 
 
@@ -216,6 +225,7 @@ def request_subscription(
         timezone=timezone or settings.default_timezone,
     )
     subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    known = subscriber is not None
     if subscriber is None:
         subscriber = Subscriber(
             email=address, created_at=now, topics=topics, exclude=exclude, **schedule
@@ -247,6 +257,7 @@ def request_subscription(
     )
     with mailer.connect() as connection:
         connection.send(message)
+    event(log, "subscription.requested", subscriber=subscriber.id, known=known)
 
 
 def confirm_subscription(
@@ -275,6 +286,7 @@ def confirm_subscription(
     subscriber.unsubscribed_at = None
     session.add(subscriber)
     session.commit()
+    event(log, "subscription.confirmed", subscriber=subscriber.id)
     return subscriber
 
 
@@ -311,6 +323,14 @@ def update_preferences(
     subscriber.paused_until = today + dt.timedelta(days=pause_days) if pause_days else None
     session.add(subscriber)
     session.commit()
+    event(
+        log,
+        "subscriber.preferences_saved",
+        subscriber=subscriber_id,
+        topics=len(clean_topics),
+        frequency=subscriber.frequency,
+        paused_days=pause_days,
+    )
     return subscriber
 
 
@@ -334,4 +354,5 @@ def record_feedback(
     feedback.created_at = now
     session.add(feedback)
     session.commit()
+    event(log, "feedback.recorded", subscriber=subscriber_id, paper=paper_id, vote=vote)
     return True

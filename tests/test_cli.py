@@ -71,8 +71,12 @@ def test_subscribers_send_preview_and_status(tmp_path):
         cwd=tmp_path,
     )
     run(["subscribers", "add", "bob@example.com", "--topic", "volcanic seismology"], cwd=tmp_path)
+    weekly = ["subscribers", "add", "cy@example.com", "--topic", "x", "--weekly", "2", "--pending"]
+    run(weekly, cwd=tmp_path)
     listing = run(["subscribers", "list"], cwd=tmp_path).stdout
     assert "ada@example.com\tactive\tdaily 00:00 Europe/Paris\tdiffusion models; video" in listing
+    assert "cy@example.com\tpending\tweekly Wednesday 07:00 UTC\tx" in listing
+    run(["subscribers", "remove", "cy@example.com"], cwd=tmp_path)
 
     bad = run(["subscribers", "add", "not-an-address", "--topic", "x"], cwd=tmp_path, check=False)
     assert bad.returncode != 0 and "not valid" in bad.stderr
@@ -93,7 +97,11 @@ def test_subscribers_send_preview_and_status(tmp_path):
     assert f"ada@example.com: already sent for {today}" in again.stdout
 
     status = run(["status"], cwd=tmp_path).stdout
-    assert status.count(" send ") == 2 and '"sent": 1' in status
+    assert status.count(" send ") == 2
+    assert f"digest date {today}: sent 1, skipped 0, failed 0, retrying 0" in status
+    assert f"digest date {today}: sent 0, skipped 1, failed 0, retrying 0" in status
+    assert "    skipped 1: already sent" in status
+    assert "{" not in status  # readable lines, not the summary's JSON
     assert f"deliveries for {today}: sent 1" in status
 
     run(["subscribers", "remove", "bob@example.com"], cwd=tmp_path)

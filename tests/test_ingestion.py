@@ -11,9 +11,9 @@ import responses
 from sqlmodel import Session, col, func, select
 
 from digest import paperstore
-from digest.ingestion import describe_run, ingest_source, ingest_sources
+from digest.ingestion import ingest_source, ingest_sources
 from digest.models import Paper, Run
-from digest.runs import last_runs
+from digest.runs import describe_run, last_runs
 from digest.sources.arxiv import ARXIV_API_URL, ARXIV_RSS_URL
 from digest.sources.hf import HF_DAILY_PAPERS_URL
 from tests.fake_sources import fixture_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from celery import Celery
-from celery.signals import beat_init, worker_init, worker_process_init
+from celery.signals import beat_init, setup_logging, worker_init, worker_process_init
 from pydantic import ValidationError
 
 from digest.config import (
@@ -15,6 +15,8 @@ from digest.config import (
     public_key_refusal,
     redis_problem,
 )
+from digest.errorreport import init_error_reporting
+from digest.logs import configure_logging
 from workers.schedule import beat_schedule
 
 
@@ -48,6 +50,24 @@ def limit_blas_threads(threads: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads, user_api="blas")
+
+
+@setup_logging.connect
+def _logging(**_: object) -> None:
+    """Our logging instead of Celery's (connected, this signal makes Celery leave the root
+    logger alone): DIGEST_LOG_FORMAT and DIGEST_LOG_LEVEL (Celery's --loglevel is not used),
+    tokens redacted, in the worker, its child processes and beat alike."""
+    configure_logging(get_settings())
+
+
+@worker_init.connect
+def _report_worker_errors(**_: object) -> None:
+    init_error_reporting(get_settings(), process="worker")
+
+
+@beat_init.connect
+def _report_beat_errors(**_: object) -> None:
+    init_error_reporting(get_settings(), process="beat")
 
 
 @worker_init.connect

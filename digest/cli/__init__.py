@@ -11,6 +11,8 @@ from pydantic_settings import SettingsError
 from digest.cli import admin, database, papers, send, subscribers
 from digest.cli.common import App
 from digest.config import Settings, describe_settings_error
+from digest.errorreport import init_error_reporting
+from digest.logs import configure_logging
 
 
 @click.group()
@@ -24,6 +26,12 @@ def main(ctx: click.Context) -> None:
         raise click.ClickException(f"bad settings: {describe_settings_error(exc)}") from exc
     except SettingsError as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
+    # The commands print their own report on stdout; their log lines go to stderr, from
+    # warnings up unless DIGEST_LOG_LEVEL says otherwise (a cron job may want INFO).
+    configure_logging(
+        settings, level=None if "log_level" in settings.model_fields_set else "WARNING"
+    )
+    init_error_reporting(settings, process="cli")
     ctx.obj = App(settings)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +21,12 @@ from digest.config import (
     redis_problem,
     safe_url,
 )
-from digest.ingestion import describe_run
+from digest.errorreport import init_error_reporting
+from digest.logs import configure_logging, event
 from digest.mailer import DeliveryError, SMTPConfig, SMTPConnection
-from digest.runs import last_runs
+from digest.runs import describe_run, last_runs
+
+log = logging.getLogger(__name__)
 
 
 def _elapsed(delta: dt.timedelta) -> str:
@@ -65,13 +68,10 @@ def status(app: App, limit: int) -> None:
         if state == "running":
             # A run whose process died never records its end: say for how long it has run.
             state = f"running for {_elapsed(now - run.started_at)}"
-        if run.kind == "ingest" and "requests" in run.summary:
-            first, *rest = describe_run(run)
-            click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {first}")
-            for line in rest:
-                click.echo(f"    {line}")
-            continue
-        click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {json.dumps(run.summary)}")
+        first, *rest = describe_run(run)
+        click.echo(f"#{run.id} {run.kind:6s} {started} {state}: {first}")
+        for line in rest:
+            click.echo(f"    {line}")
     click.echo(_encoder_line(app.plain_settings))
     with app.session() as session:
         counts = delivery.delivery_counts(session=session, days=3)
@@ -221,6 +221,9 @@ def serve(app: App, host: str, port: int) -> None:
             "set DIGEST_SECRET_KEY before anyone else can reach this server",
             err=True,
         )
+    configure_logging(app.settings)  # a server: DIGEST_LOG_LEVEL, not the commands' default
+    init_error_reporting(app.settings, process="web")
     web = create_app(app.settings, engine=app.engine, mailer=app.mailer())
     click.echo(f"Serving on http://{host}:{port}/ (links in emails use {app.settings.base_url})")
+    event(log, "web.started", host=host, port=port, base_url=app.settings.base_url)
     waitress_serve(web, host=host, port=port)

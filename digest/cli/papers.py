@@ -12,9 +12,10 @@ import click
 
 from digest import digests, paperstore
 from digest.cli.common import App, fail, now_utc, parse_date, pass_app
-from digest.ingestion import describe_run, ingest_sources
+from digest.ingestion import ingest_sources
 from digest.models import Run
 from digest.ranking import PreparedCorpus, RankingConfig, RankPaper
+from digest.runs import describe_run
 
 
 @click.command()

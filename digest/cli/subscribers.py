@@ -12,6 +12,8 @@ from digest.cli.common import App, fail, now_utc, pass_app
 from digest.errors import UserError
 from digest.models import Frequency, SubscriberStatus
 
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
 
 @click.group()
 def subscribers() -> None:
@@ -65,13 +67,14 @@ def subscribers_add(
 @subscribers.command("list")
 @pass_app
 def subscribers_list(app: App) -> None:
-    """Every subscriber with status, schedule and topics."""
+    """Every subscriber with status, schedule (weekly ones with their day) and topics."""
     with app.session() as session:
         rows = subscriber_store.list_subscribers(session=session)
     if not rows:
         click.echo("No subscribers.")
     for s in rows:
-        when = f"{s.frequency} {s.send_hour:02d}:00 {s.timezone}"
+        day = f" {WEEKDAYS[s.weekly_day]}" if s.frequency == Frequency.WEEKLY else ""
+        when = f"{s.frequency}{day} {s.send_hour:02d}:00 {s.timezone}"
         click.echo(f"{s.email}\t{s.status}\t{when}\t{'; '.join(s.topics)}")
 
 

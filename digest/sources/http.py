@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,10 @@ from typing import Any
 
 import requests
 
+from digest.logs import event
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+log = logging.getLogger(__name__)
 
 
 class FetchError(Exception):
@@ -126,6 +130,15 @@ class HttpClient:
             if wait is None:
                 wait = self.backoff * (2**attempt)
             wait = min(wait, self.max_wait)
+            event(
+                log,
+                "http.retry",
+                level=logging.WARNING,
+                url=url,
+                attempt=attempt + 1,
+                problem=last_problem,
+                wait_seconds=round(wait, 1),
+            )
             self.waits.append(wait)
             self.sleep(wait)
         raise FetchError(f"{url}: {last_problem} after {self.retries + 1} attempts")

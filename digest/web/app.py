@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +24,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest.addresses import inbox_key
 from digest.config import Settings, get_settings
 from digest.db import make_engine, require_current_schema
+from digest.errorreport import init_error_reporting
 from digest.errors import UserError
+from digest.logs import RedactFilter, configure_logging
 from digest.mailer import Mailer, mailer_for
 from digest.render import install_filters
 from digest.subscribers import normalize_email
-from digest.web import views
+from digest.web import monitoring, views
 
 
 def _utcnow() -> dt.datetime:
@@ -45,26 +46,13 @@ class WebApp(Flask):
         self.logger.error("Exception on %s [%s]", rule, request.method, exc_info=exc_info)
 
 
-# The paths that carry a signed link, as the server in front of the app may log them.
-SIGNED_PATH = re.compile(r"/(confirm|unsubscribe|preferences|feedback|digest)/[^\s?#'\"]+")
-
-
-class SignedLinkFilter(logging.Filter):
-    """Blanks the token of a signed path in a log line: waitress logs the path of a request
-    whose client went away ("Client disconnected while serving /preferences/…")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = SIGNED_PATH.sub(r"/\1/<token>", message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
 def _redact_server_logs() -> None:
+    """Waitress logs the path of a request whose client went away ("Client disconnected while
+    serving /preferences/…"): blank the token even where configure_logging's handler (which
+    redacts every record) is not installed, as under another process's logging setup."""
     server = logging.getLogger("waitress")
-    if not any(isinstance(f, SignedLinkFilter) for f in server.filters):
-        server.addFilter(SignedLinkFilter())
+    if not any(isinstance(f, RedactFilter) for f in server.filters):
+        server.addFilter(RedactFilter())
 
 
 class InsecureSecretKey(RuntimeError):
@@ -184,6 +172,7 @@ def create_app(
         clock=clock,
     )
     app.register_blueprint(views.bp)
+    monitoring.install_metrics(app, settings)
     app.after_request(_security_headers(https))
     _redact_server_logs()
     app.teardown_appcontext(views.close_session)
@@ -202,4 +191,7 @@ def wsgi_app() -> Flask:
 
     Raises InsecureSecretKey (the server does not start) with the default secret key outside
     development."""
-    return create_app(get_settings())
+    settings = get_settings()
+    configure_logging(settings)
+    init_error_reporting(settings, process="web")
+    return create_app(settings)

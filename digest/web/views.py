@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -17,6 +18,7 @@ from digest import digests, paperstore, subscribers
 from digest.config import Settings
 from digest.errors import UserError
 from digest.links import signed_link
+from digest.logs import event
 from digest.mailer import DeliveryError, Mailer
 from digest.models import Paper, Subscriber, SubscriberStatus
 from digest.schedule import local_date
@@ -31,6 +33,7 @@ from digest.web.forms import (
 SUGGESTIONS_TTL = dt.timedelta(minutes=10)
 
 bp = Blueprint("web", __name__)
+log = logging.getLogger(__name__)
 Page = tuple[str, int] | str
 
 
@@ -87,6 +90,8 @@ def page(
 
 
 def bad_link(exc: InvalidToken) -> tuple[str, int]:
+    # Many of these at once after a deployment: the secret key changed (every link is dead).
+    event(log, "link.refused", page=request.endpoint, expired=exc.expired)
     return page("Link not valid", str(exc), status=400, kind="error")
 
 
@@ -126,6 +131,7 @@ def subscribe_page(form: Any, error: str | None) -> str:
 
 
 def form_expired(_exc: Exception) -> tuple[str, int]:
+    event(log, "form.refused", page=request.endpoint, reason="csrf")
     return page(
         "Form expired",
         "The form was stale or not sent from this site: reload the page and try again.",
@@ -135,6 +141,7 @@ def form_expired(_exc: Exception) -> tuple[str, int]:
 
 
 def too_many_requests(_exc: Exception) -> tuple[str, int]:
+    event(log, "subscribe.rate_limited", level=logging.WARNING, client=request.remote_addr)
     # The same page whichever limit was hit: it must not tell whether an address is known.
     return page(
         "Too many requests",
@@ -147,7 +154,7 @@ def too_many_requests(_exc: Exception) -> tuple[str, int]:
 
 def limits_unavailable(exc: Exception) -> tuple[str, int]:
     # Fail closed: without its counters the form could be used to bomb an inbox.
-    current_app.logger.error("rate-limit storage unavailable: %s", exc)
+    event(log, "subscribe.limits_unavailable", level=logging.ERROR, error=str(exc))
     return page(
         "Try again later",
         "We cannot take subscriptions just now. Nothing was sent; please try again later.",
@@ -187,7 +194,8 @@ def subscribe() -> Page:
     except UserError as exc:
         session().rollback()
         return subscribe_page(form, str(exc)), 400
-    except DeliveryError:
+    except DeliveryError as exc:
+        event(log, "subscription.mail_failed", level=logging.WARNING, error=str(exc))
         return page(
             "Try again later",
             "We could not send the confirmation email just now. Please try again in a few minutes.",
