@@ -154,17 +154,19 @@ def event(
     *,
     level: int = logging.INFO,
     exc_info: bool = False,
+    stacklevel: int = 1,
     **fields: Any,
 ) -> None:
     """Log one event as one line, `name key=value ...` (values with spaces quoted); in JSON
     the event and each field are keys of their own as well.
 
     Ids and counts, never a token or a signed link: `event(log, "ingest.finished",
-    source="hf", run=12, new=3)`. A field whose value is None is left out."""
+    source="hf", run=12, new=3)`. A field whose value is None is left out. `stacklevel` as in
+    `logging`: a helper that logs for its caller passes 2."""
     if not logger.isEnabledFor(level):
         return
     fields = {key: value for key, value in fields.items() if value is not None}
     text = " ".join([name, *(f"{key}={_value(value)}" for key, value in fields.items())])
     extra = {"event": name}
     extra.update({(f"{key}_" if key in _RESERVED else key): value for key, value in fields.items()})
-    logger.log(level, "%s", text, exc_info=exc_info, extra=extra, stacklevel=2)
+    logger.log(level, "%s", text, exc_info=exc_info, extra=extra, stacklevel=stacklevel + 1)

@@ -117,7 +117,7 @@ def run_fields(run: Run) -> dict[str, Any]:
 def log_run_started(logger: logging.Logger, run: Run) -> None:
     """`send.started run=12 kind=send status=running`: call right after the run's row is
     committed (the event is the run's kind: ingest, plan, send)."""
-    event(logger, f"{run.kind}.started", **run_fields(run))
+    event(logger, f"{run.kind}.started", stacklevel=2, **run_fields(run))
 
 
 def log_run_finished(logger: logging.Logger, run: Run) -> None:
@@ -127,4 +127,4 @@ def log_run_finished(logger: logging.Logger, run: Run) -> None:
     fields = run_fields(run)
     if run.finished_at is not None:
         fields["seconds"] = round((run.finished_at - run.started_at).total_seconds(), 3)
-    event(logger, f"{run.kind}.finished", level=level, **fields)
+    event(logger, f"{run.kind}.finished", level=level, stacklevel=2, **fields)
