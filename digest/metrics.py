@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -34,8 +34,7 @@ REASON_PREFIX_CHARS = 16
 OK_INGEST = ("ok", "partial")
 
 
-@dataclass(frozen=True)
-class SmtpOutcome:
+class SmtpOutcome(NamedTuple):
     outcome: str  # accepted, permanent, temporary, other
     code: str  # the reply code, "connection", or "" when none applies
 

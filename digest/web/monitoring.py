@@ -8,7 +8,7 @@ import logging
 
 from flask import Blueprint, Flask, abort, current_app, request
 from flask.wrappers import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 from digest.config import Settings, is_loopback
 from digest.logs import event
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("monitoring", __name__)
 # Headers a reverse proxy adds: a request carrying one came from elsewhere, whatever its peer.
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
+# The text format generate_latest writes, as every Prometheus version reads it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def install_metrics(app: Flask, settings: Settings) -> None:
@@ -59,4 +61,4 @@ def metrics() -> Response:
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
     registry: CollectorRegistry = current_app.extensions["digest.metrics"]
-    return Response(exposition(registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(registry), content_type=CONTENT_TYPE)
