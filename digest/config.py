@@ -242,6 +242,12 @@ class Settings(BaseSettings):
     def _log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("sentry_dsn", "metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `DIGEST_METRICS_TOKEN=` in an env file means no token, not an empty one.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("sentry_dsn")
     @classmethod
     def _sentry_dsn(cls, value: str | None) -> str | None:

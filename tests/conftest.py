@@ -296,6 +296,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a worker process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset (DIGEST_SENTRY_DSN, DIGEST_METRICS_TOKEN): not "None"
+            continue
         # Lists are comma-separated in the environment, as Settings reads them.
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         env[f"DIGEST_{name.upper()}"] = text

@@ -308,3 +308,10 @@ def test_no_token_or_signed_link_in_the_logs_of_a_send_and_the_web_pages(
         finished = next(r for r in records if r.get("event") == "unsubscribe_mail.finished")
         assert finished["processed"] == 2 and finished["unsubscribed"] == 1
         assert finished["seen_before"] == 1
+
+
+def test_an_empty_dsn_or_metrics_token_is_no_dsn_or_token(monkeypatch):
+    monkeypatch.setenv("DIGEST_SENTRY_DSN", "")
+    monkeypatch.setenv("DIGEST_METRICS_TOKEN", " ")
+    settings = Settings()
+    assert settings.sentry_dsn is None and settings.metrics_token is None
