@@ -184,6 +184,10 @@ def demo(app: App, email: str, topics: tuple[str, ...]) -> None:
         click.echo(
             f"Open it in a mail client, or run `digest preview {email}` to see it in a browser."
         )
+        click.echo(
+            f"Its links (unsubscribe, preferences, feedback, web copy) point to "
+            f"{settings.base_url}: run `digest serve` in this folder to follow them."
+        )
     else:
         sys.exit(1)
 
