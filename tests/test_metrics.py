@@ -2,6 +2,13 @@
 and who may read them (a bearer token, or only a request made on this host)."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,9 +18,10 @@ from digest.db import make_engine
 from digest.metrics import exposition, smtp_outcome, store_registry
 from digest.models import Delivery, Run, Subscriber
 from digest.web import create_app
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.factories import NOW, make_paper, store_papers
 
+DIGEST = str(Path(sys.executable).parent / "digest")
 TODAY = NOW.date()
 METRICS_TOKEN = "metrics-token-0123456789"
 
@@ -187,6 +195,10 @@ def test_without_a_token_only_a_request_made_on_this_host_is_answered(local_stor
     proxied = {"X-Forwarded-For": "203.0.113.9"}
     assert get_metrics(settings, engine, headers=proxied).status_code == 404
     assert get_metrics(settings, engine, headers={"Forwarded": "for=1.2.3.4"}).status_code == 404
+    # A proxy that adds no header but passes the public host name on.
+    public = {"Host": "digest.example.org"}
+    assert get_metrics(settings, engine, headers=public).status_code == 404
+    assert get_metrics(settings, engine, headers={"Host": "localhost:8000"}).status_code == 200
 
 
 def test_behind_a_trusted_proxy_the_real_peer_decides(tmp_path, local_store):
@@ -208,3 +220,41 @@ def test_with_a_token_every_reader_must_show_it(tmp_path, local_store):
     right = {"Authorization": f"Bearer {METRICS_TOKEN}", "X-Forwarded-For": "203.0.113.9"}
     answered = get_metrics(settings, engine, peer="203.0.113.9", headers=right)
     assert answered.status_code == 200 and b"digest_subscribers" in answered.data
+
+
+@pytest.mark.integration
+def test_digest_serve_keeps_proxy_headers_so_a_proxied_scrape_is_refused(tmp_path):
+    """waitress drops X-Forwarded-For by default: `digest serve` must keep it for the app."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(
+        DIGEST_DATABASE_URL=f"sqlite:///{tmp_path / 'digest.db'}",
+        DIGEST_SECRET_KEY="serve-test-secret-key-0123456789",
+        DIGEST_ENV="test",
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [DIGEST, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                direct = urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert direct.status == 200 and b"digest_store_up 1.0" in direct.read()
+        proxied = urllib.request.Request(url, headers={"X-Forwarded-For": "203.0.113.9"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(proxied, timeout=5)
+        assert refused.value.code == 404
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

@@ -226,4 +226,7 @@ def serve(app: App, host: str, port: int) -> None:
     web = create_app(app.settings, engine=app.engine, mailer=app.mailer())
     click.echo(f"Serving on http://{host}:{port}/ (links in emails use {app.settings.base_url})")
     event(log, "web.started", host=host, port=port, base_url=app.settings.base_url)
-    waitress_serve(web, host=host, port=port)
+    # waitress drops X-Forwarded-* and Forwarded unless told which proxy to trust; the app
+    # decides instead: ProxyFix trusts DIGEST_TRUSTED_PROXY_HOPS of them (rate limits), and
+    # /metrics refuses a request that came through a proxy.
+    waitress_serve(web, host=host, port=port, clear_untrusted_proxy_headers=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, abort, current_app, request
 from flask.wrappers import Response
@@ -36,11 +37,14 @@ def may_read_metrics(settings: Settings) -> bool | None:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), settings.metrics_token.encode()
         )
-    # The peer as the server saw it (before ProxyFix rewrote it from X-Forwarded-For).
+    # The peer as the server saw it (before ProxyFix rewrote it from X-Forwarded-For), and the
+    # host the client asked for: a proxy passing the public name on (Host: digest.example.org)
+    # or adding a forwarding header makes a request from this host one from elsewhere.
     peer = request.environ.get("werkzeug.proxy_fix.orig", {}).get(
         "REMOTE_ADDR", request.remote_addr
     )
-    local = bool(peer) and is_loopback(str(peer))
+    asked = urlsplit(f"//{request.host}").hostname or ""
+    local = bool(peer) and is_loopback(str(peer)) and is_loopback(asked)
     if local and not any(name in request.headers for name in FORWARDING_HEADERS):
         return True
     return None
