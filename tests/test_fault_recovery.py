@@ -55,12 +55,23 @@ def start_beat(settings, log_path: Path) -> subprocess.Popen[bytes]:
     schedule = log_path.with_suffix(".schedule")
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "beat", "-s", str(schedule)],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "beat",
+            "--loglevel=INFO",
+            "-s",
+            str(schedule),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log.close()  # the child has its own copy
     wait_until(
         lambda: (
             process.poll() is not None or "beat: Starting" in log_path.read_text("utf-8", "replace")
