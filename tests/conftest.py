@@ -301,6 +301,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         env[f"DIGEST_{name.upper()}"] = text
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash in a worker process leaves its traceback
     return env
 
 
