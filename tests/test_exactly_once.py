@@ -18,7 +18,7 @@ from digest.mailer import mailer_for
 from digest.models import Delivery, DeliveryState
 from tests.conftest import free_port, make_settings, start_worker
 from tests.smtp_faults import FaultySMTP
-from tests.test_faults import plan, populate, states, wait_until
+from tests.test_faults import plan, populate, states
 
 pytestmark = pytest.mark.integration
 

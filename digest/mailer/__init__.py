@@ -11,51 +11,18 @@ server answered: it may have been delivered, so it is not sent again blindly).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
 
 from digest.config import Settings
-from digest.render import Mail
-
-
-class DeliveryError(Exception):
-    """A message could not be handed over, or its fate is unknown."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        permanent: bool,
-        code: int | None = None,
-        unreachable: bool = False,
-        unconfirmed: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.code = code
-        self.unreachable = unreachable
-        self.unconfirmed = unconfirmed
-
-
-class Connection(Protocol):
-    def send(self, message: Mail) -> None: ...
-
-
-class Mailer(Protocol):
-    """`with mailer.connect() as conn: conn.send(msg)` – one connection for a batch."""
-
-    def connect(self) -> AbstractContextManager[Connection]: ...
-
-
-from digest.mailer.outbox import (  # noqa: E402 - they implement the interface above
+from digest.mailer.base import Connection, DeliveryError, Mailer
+from digest.mailer.outbox import (
     ConsoleConnection,
     ConsoleMailer,
     FileConnection,
     FileMailer,
     outbox_filename,
 )
-from digest.mailer.smtp import (  # noqa: E402
+from digest.mailer.smtp import (
     RateLimiter,
     SMTPConfig,
     SMTPConnection,

@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO
 
-from digest.mailer import DeliveryError
+from digest.mailer.base import DeliveryError
 from digest.render import Mail
 
 log = logging.getLogger(__name__)

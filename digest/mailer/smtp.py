@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from digest.config import check_smtp_url
-from digest.mailer import DeliveryError
+from digest.mailer.base import DeliveryError
 from digest.render import Mail
 
 log = logging.getLogger(__name__)
