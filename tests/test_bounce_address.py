@@ -101,9 +101,7 @@ def test_each_digest_carries_its_own_signed_bounce_address(seeded_store, db_sett
     assert len({m.sender for m in mailer.sent}) == 2
 
 
-def test_without_a_bounce_domain_the_envelope_sender_is_the_from_address(
-    seeded_store, db_settings
-):
+def test_without_a_bounce_domain_the_envelope_sender_is_the_from_address(seeded_store, db_settings):
     make_subscriber(seeded_store, email="ada@example.com")
     mailer = CollectingMailer()
     delivery.send_due_digests(

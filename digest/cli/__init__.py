@@ -1,6 +1,6 @@
 """The admin command line (`digest`), one module per command group: send (send, preview, demo,
-why), subscribers (subscribers, unsubscribes), papers (ingest, papers, seeds, rank) and admin
-(status, check, serve), database (db)."""
+why), subscribers (subscribers, unsubscribes, bounces), papers (ingest, papers, seeds, rank)
+and admin (status, check, serve), database (db)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ for command in (
     papers.rank,
     subscribers.subscribers,
     subscribers.unsubscribes,
+    subscribers.bounces,
     database.db_group,
 ):
     main.add_command(command)

@@ -177,3 +177,23 @@ def stuck_deliveries(*, session: Session, settings: Settings, now: dt.datetime) 
         )
         session.commit()
     return ids
+
+
+# "Bounced": a digest the server accepted came back by mail (digest.bounces.process): failed
+# for good, with the bounce's reason. Only a sent row moves (it returns its id):
+# a second report of the same bounce, or one about a row in any other state, changes nothing.
+MARK_BOUNCED = (
+    update(Delivery)
+    .where(
+        col(Delivery.id) == bindparam("delivery_id"),
+        col(Delivery.state) == DeliveryState.SENT.value,
+    )
+    .values(
+        state=DeliveryState.FAILED.value,
+        reason=bindparam("reason"),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        lease_until=None,
+        retry_at=None,
+    )
+    .returning(col(Delivery.id))
+)
