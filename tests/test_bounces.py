@@ -99,6 +99,15 @@ def test_a_delay_warning_and_an_auto_reply_are_not_failures():
     assert vacation.failures == [] and vacation.delayed == []
 
 
+def test_a_token_quoted_in_the_servers_answer_is_not_kept_in_the_reason():
+    raw = bounce("postfix-user-unknown.eml").replace(
+        b"Recipient address rejected: User\n", f"sender {VERP} rejected:\n".encode(), 1
+    )
+    (failure,) = read_bounce(raw, local_part="bounces").failures
+    assert "sender bounces+TOKEN@bounces.digest.test rejected" in failure.reason
+    assert make_bounce_token(SECRET, 42) not in failure.reason
+
+
 def test_a_token_is_found_in_any_case_and_a_bounce_to_the_from_address_has_none():
     upper = read_bounce(bounce("qmail.eml", verp=VERP.upper()), local_part="bounces")
     assert upper.tokens == [make_bounce_token(SECRET, 42)]

@@ -94,10 +94,17 @@ def read_bounce(raw: bytes, *, local_part: str) -> Findings:
     everything, notice = _texts(message)
     temporary, permanent = all_failures(message)
     statuses = _dsn_statuses(message)
+    pattern = bounce_token_pattern(local_part)
     failures = [
         _failure(address, statuses, notice) for address in _addresses(permanent)[:MAX_FAILURES]
     ]
-    found = bounce_token_pattern(local_part).findall(everything)
+    # A server may quote our envelope sender in its answer: a token is never kept or shown.
+    hidden = f"{local_part}+TOKEN@"
+    failures = [
+        Failure(pattern.sub(hidden, f.address), f.hard, f.status, pattern.sub(hidden, f.reason))
+        for f in failures
+    ]
+    found = pattern.findall(everything)
     tokens = list(dict.fromkeys(t.lower() for t in found))[:MAX_TOKENS]
     message_id = printable(header_text(message, "Message-ID"), 1000)
     identity = f"id:{message_id}" if message_id else f"raw:{sha256_hex(raw)}"
