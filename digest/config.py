@@ -179,11 +179,27 @@ class Settings(BaseSettings):
     # Delivery.
     # A planner that runs late still sends a day's digest up to this many hours after its hour.
     catchup_hours: float = Field(default=12.0, ge=0, le=23)
-    # How long a worker owns the deliveries it claimed before another may take them over.
-    lease_seconds: int = Field(default=300, ge=1)
-    # Planned deliveries untouched this long are queued again by the sweeper (lost tasks).
-    planned_grace_seconds: int = Field(default=900, ge=0)
-    sweep_every_minutes: int = Field(default=5, ge=1, le=60)
+    # How long a worker owns the deliveries it claimed before another may take them over. A
+    # live sender renews it every third of this (digest.delivery.lease), so a long batch or a
+    # stalled server keeps its rows; a dead worker's rows are free again after this long.
+    lease_seconds: int = Field(default=45, ge=3)
+    # A planned delivery that no queued task carries, this long after it was planned or last
+    # queued, is queued again by the sweeper (a lost task, a flushed Redis).
+    planned_grace_seconds: int = Field(default=30, ge=0)
+    # The sweeper's period. Recovery bound: lease (or grace) + this + the send itself.
+    sweep_every_minutes: int = Field(default=1, ge=1, le=60)
+    # "durable": each outcome ("sent", "failed") is on disk when its commit returns. "fast"
+    # (PostgreSQL synchronous_commit=off): cheaper commits, but a crash of PostgreSQL itself can
+    # lose the last fraction of a second of "sent" marks, and those digests go out again.
+    outcome_commit: Literal["durable", "fast"] = "durable"
+    # A delivery whose connection dropped after the whole message was handed over, before the
+    # server answered, is "unconfirmed": "hold" keeps it so (an operator may release it with
+    # `digest deliveries release`); "resend" retries it like a temporary failure (it may then
+    # arrive twice).
+    unconfirmed: Literal["hold", "resend"] = "hold"
+    # How long an outcome write keeps trying on a database that went away (a restart), before
+    # the batch stops; the message just handed over is never sent again meanwhile.
+    db_retry_seconds: float = Field(default=120.0, ge=0)
     # Temporary SMTP failures: tries within one task, then retried later until the deadline.
     smtp_attempts: int = Field(default=3, ge=1)
     smtp_retry_base_seconds: float = Field(default=0.5, ge=0)
@@ -313,6 +329,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DIGEST_SECRET_KEY must be set to a long random value when DIGEST_ENV=production"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_one_message(self) -> Settings:
+        # A sender starts a message only while its lease covers the longest that one message
+        # can take; a lease shorter than that could never send, or lose its rows mid-message.
+        if self.mailer == "smtp":
+            longest = self.smtp_timeout + (
+                1.0 / self.smtp_rate_per_second if self.smtp_rate_per_second else 0.0
+            )
+            if self.lease_seconds <= longest:
+                raise ValueError(
+                    f"DIGEST_LEASE_SECONDS={self.lease_seconds} is too short: one message may "
+                    f"take {longest:g} s (DIGEST_SMTP_TIMEOUT"
+                    + (" + 1/DIGEST_SMTP_RATE_PER_SECOND" if self.smtp_rate_per_second else "")
+                    + f"); make it more than {longest:g}"
+                )
         return self
 
     @property

@@ -106,6 +106,24 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A database error that trying again soon can cure: the connection went away (a restart,
+    a network blip), the server is starting or shutting down, a serialization failure or a
+    deadlock, a locked SQLite file. Constraint violations and programming errors are not."""
+    import sqlite3
+
+    import psycopg
+    from sqlalchemy.exc import DBAPIError, InterfaceError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError | sqlite3.OperationalError
+    )
+
+
 def one_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
     """`column IN (values)`; on PostgreSQL `column = ANY(array)`, one parameter however many
     values: a batch's 500 ids as 500 placeholders cost the driver more to parse than the

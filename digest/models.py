@@ -124,6 +124,10 @@ class DeliveryState(StrEnum):
     SENT = "sent"
     SKIPPED = "skipped"  # nothing worth sending that day: the reason says why
     FAILED = "failed"
+    # The connection dropped after the whole message was handed over, before the server's
+    # answer: it may or may not have been delivered. Not sent again unless an operator
+    # releases it (or DIGEST_UNCONFIRMED says so); the reason names the server, step and time.
+    UNCONFIRMED = "unconfirmed"
 
 
 class Delivery(SQLModel, table=True):
@@ -155,6 +159,11 @@ class Delivery(SQLModel, table=True):
     lease_until: dt.datetime | None = _utc_column()
     # A temporarily failed delivery is tried again from this moment; None means never again.
     retry_at: dt.datetime | None = _utc_column()
+    # The fencing token of the claim that owns a "sending" row: outcomes and lease renewals
+    # name it, so a sender whose lease ran out can never mark (or keep) a row taken over since.
+    claim_token: str | None = Field(default=None, max_length=32)
+    # Who holds the claim (worker host and process), for `digest why`.
+    claimed_by: str | None = Field(default=None, max_length=255)
 
 
 class DeliveryItem(SQLModel, table=True):

@@ -451,3 +451,34 @@ def test_a_hostile_mailbox_is_reported_message_by_message_and_the_real_bounce_re
     again = process(session, verp_settings, *messages)
     assert again.outcomes[-1].result == bounces.SEEN_BEFORE
     assert row_of(session, "ada@example.com")[0].bounce_count == 1
+
+
+@pytest.mark.parametrize(
+    ("state", "retry_at", "result"),
+    [
+        # Dropped after the whole message went out: the bounce shows it did go out.
+        (DeliveryState.UNCONFIRMED, None, bounces.HARD),
+        # An unconfirmed delivery an operator released for another attempt: not sent again.
+        (DeliveryState.FAILED, NOW, bounces.HARD),
+        # Being sent again right now, under a claim: left to its sender.
+        (DeliveryState.SENDING, None, bounces.UNMATCHED),
+    ],
+)
+def test_a_bounce_settles_a_delivery_whose_fate_was_unknown(
+    seeded_store, verp_settings, state, retry_at, result
+):
+    session = seeded_store
+    make_subscriber(session, email="ada@example.com")
+    mail = send_day(session, verp_settings, NOW.date())["ada@example.com"]
+    row = row_of(session, "ada@example.com")[1]
+    row.state, row.retry_at = state.value, retry_at
+    session.add(row)
+    session.commit()
+    run = process(session, verp_settings, bounce_of(mail, "qmail.eml"))
+    assert run.outcomes[0].result == result
+    row = row_of(session, "ada@example.com")[1]
+    if result == bounces.HARD:
+        assert row.state == DeliveryState.FAILED and row.retry_at is None
+        assert row.reason.startswith("bounced: Remote host said: 550 5.1.1")
+    else:
+        assert row.state == state and "the delivery is sending" in run.outcomes[0].reason

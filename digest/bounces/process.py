@@ -4,10 +4,11 @@ failed with the bounce's reason; hard bounces count towards suppressing the addr
 A bounce is tied by the token of its bounce address first (signed: it names the delivery
 whatever address the report gives, forwarding included), else by the failed address: that
 subscriber's digest of the returned X-Digest-Date, or their latest one sent within
-`bounce_match_days`. Each message is handled on its own (a malformed one is reported and
-skipped, never stops the run) in one transaction, and remembered (`InboundMessage`), so that
-reading the same mailbox again changes nothing; a delivery is marked bounced once, whatever
-number of reports come back for it.
+`bounce_match_days`. A sent delivery is marked failed, and so is an unconfirmed one (the
+bounce shows it went out: it must not go out again). Each message is handled on its own (a
+malformed one is reported and skipped, never stops the run) in one transaction, and remembered
+(`InboundMessage`), so that reading the same mailbox again changes nothing; a delivery is
+marked bounced once, whatever number of reports come back for it.
 """
 
 from __future__ import annotations
@@ -224,25 +225,12 @@ def _record(
     bounce; or say why nothing changed."""
     assert delivery.id is not None
     outcome = Outcome(key, ALREADY, "", failure.address, delivery.id, tied_by)
-    if delivery.state != DeliveryState.SENT:
-        recorded = session.exec(
-            select(Bounce.id).where(col(Bounce.delivery_id) == delivery.id)
-        ).first()
-        if recorded is not None:
-            outcome.reason = "this delivery's bounce was recorded already"
-        elif delivery.state == DeliveryState.FAILED:
-            outcome.reason = f"the delivery had failed already: {delivery.reason or ''}".strip()
-        else:
-            outcome.result = UNMATCHED
-            outcome.reason = f"the delivery is {delivery.state}, never sent: nothing done"
-        return outcome
     reason = f"bounced{'' if failure.hard else ' (soft)'}: {failure.reason}"
     moved = session.execute(
         MARK_BOUNCED, {"delivery_id": delivery.id, "reason": reason, "now": now}
     ).first()
-    if moved is None:  # sent no longer: another run got there first
-        outcome.reason = "the delivery changed while this bounce was read"
-        return outcome
+    if moved is None:
+        return _unchanged(session, outcome, delivery)
     if failure.hard:
         suppressed = count_hard_bounce(
             session=session,
@@ -278,4 +266,19 @@ def _record(
     )
     outcome.result = HARD if failure.hard else SOFT
     outcome.reason = reason
+    return outcome
+
+
+def _unchanged(session: Session, outcome: Outcome, delivery: Delivery) -> Outcome:
+    """Why a bounce moved nothing: recorded before, failed for good already, or a delivery
+    that is not out (planned, being sent, skipped)."""
+    session.refresh(delivery)
+    recorded = session.exec(select(Bounce.id).where(col(Bounce.delivery_id) == delivery.id))
+    if recorded.first() is not None:
+        outcome.reason = "this delivery's bounce was recorded already"
+    elif delivery.state == DeliveryState.FAILED:
+        outcome.reason = f"the delivery had failed already: {delivery.reason or ''}".strip()
+    else:
+        outcome.result = UNMATCHED
+        outcome.reason = f"the delivery is {delivery.state}: nothing done"
     return outcome

@@ -5,7 +5,7 @@
 Two new tables: nothing existing changes, and the downgrade drops them with their rows.
 
 Revision ID: d8f7eca4e78b
-Revises: fb9b17313090
+Revises: cc496198d69d
 Create Date: 2026-12-04 16:30:50.880774
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "d8f7eca4e78b"
-down_revision: str | Sequence[str] | None = "fb9b17313090"
+down_revision: str | Sequence[str] | None = "cc496198d69d"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
