@@ -31,6 +31,10 @@ ARXIV_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 # The database URLs we have a driver for; `postgres://` (Heroku's, many hosts') is an alias.
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 SMTP_PIPELINING = ("auto", "always", "never")
+# The bounce address: a DNS name of ASCII labels, and a plain local part that leaves room for
+# "+token" (and takes no "+" itself: that separates the token).
+BOUNCE_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+BOUNCE_LOCAL_PART = re.compile(r"^[A-Za-z0-9]+(?:[.-][A-Za-z0-9]+)*$")
 
 
 def safe_url(url: str) -> str:
@@ -135,6 +139,14 @@ class Settings(BaseSettings):
     from_name: str = "Paper digest"
     # Where the one-click mailto: unsubscribe goes (processed by `digest unsubscribes process`).
     unsubscribe_mailto: str = "unsubscribe@localhost"
+    # Bounces: set, each digest's envelope sender (MAIL FROM, the Return-Path) is
+    # bounce_local_part+TOKEN@bounce_domain, a signed token naming its delivery (VERP), and
+    # `digest bounces process` reads the mailbox that domain delivers to. Unset, the envelope
+    # sender is from_address. A subdomain of from_address's domain keeps DMARC aligned.
+    bounce_domain: str | None = None
+    bounce_local_part: str = "bounces"
+    # A bounce without a valid token is tied to its address's digest sent within this many days.
+    bounce_match_days: int = Field(default=14, ge=1, le=365)
     base_url: str = "http://127.0.0.1:8000"
 
     # Shipped in the wheel, or the checkout's top-level folders (digest.resources).
@@ -241,6 +253,25 @@ class Settings(BaseSettings):
     @classmethod
     def _smtp_url(cls, value: str) -> str:
         check_smtp_url(value)
+        return value
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        value = (value or "").strip().lower().rstrip(".")
+        if not value:
+            return None
+        if len(value) > 253 or not all(BOUNCE_DOMAIN_LABEL.match(p) for p in value.split(".")):
+            raise ValueError(f"{value!r} is not a domain name like bounces.example.org")
+        return value
+
+    @field_validator("bounce_local_part")
+    @classmethod
+    def _bounce_local_part(cls, value: str) -> str:
+        if len(value) > 20 or not BOUNCE_LOCAL_PART.match(value):
+            raise ValueError(
+                f"{value!r}: use 1 to 20 letters, digits, dots or dashes (no '+'), e.g. bounces"
+            )
         return value
 
     @field_validator("default_timezone")

@@ -78,11 +78,11 @@ class InboundReport:
         return sum(1 for o in self.outcomes if o.result == result)
 
 
-def _digest(value: str | bytes) -> str:
+def sha256_hex(value: str | bytes) -> str:
     return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
 
 
-def _printable(value: str, limit: int) -> str:
+def printable(value: str, limit: int) -> str:
     """One line of at most `limit` characters: control characters (CR, LF) become spaces."""
     value = "".join(ch if ch.isprintable() else " " for ch in value[: limit * 4])
     return " ".join(value.split())[:limit]
@@ -178,13 +178,13 @@ def _read_request(raw: bytes | Message) -> _Request:
     if isinstance(raw, Message):
         raw = raw.as_bytes(policy=policy.compat32)
     message = parse_message(raw)
-    sender = _printable(header_text(message, "From"), MAX_SENDER_CHARS)
+    sender = printable(header_text(message, "From"), MAX_SENDER_CHARS)
     tokens = candidate_tokens(message)
-    message_id = _printable(header_text(message, "Message-ID"), 1000)
+    message_id = printable(header_text(message, "Message-ID"), 1000)
     # The same message read again has the same fingerprint. The tokens are part of it, so a
     # message that merely copies another's Message-ID cannot hide the real one.
-    identity = f"id:{message_id}" if message_id else f"raw:{_digest(raw)}"
-    return _Request(sender, _digest("\0".join([identity, *tokens])), tokens)
+    identity = f"id:{message_id}" if message_id else f"raw:{sha256_hex(raw)}"
+    return _Request(sender, sha256_hex("\0".join([identity, *tokens])), tokens)
 
 
 def process_unsubscribe_requests(
@@ -214,11 +214,11 @@ def _process_one(
     session: Session, secret_key: str, key: str, raw: bytes | Message | Exception, now: dt.datetime
 ) -> Outcome:
     if isinstance(raw, Exception):
-        return Outcome(key, "", REFUSED, f"message could not be read: {_error_text(raw)}")
+        return Outcome(key, "", REFUSED, f"message could not be read: {error_text(raw)}")
     try:
         request = _read_request(raw)
     except Exception as exc:  # any hostile message is reported and skipped, never fatal
-        return Outcome(key, "", REFUSED, f"malformed message: {_error_text(exc)}")
+        return Outcome(key, "", REFUSED, f"malformed message: {error_text(exc)}")
     seen = session.exec(
         select(InboundMessage).where(col(InboundMessage.fingerprint) == request.fingerprint)
     ).first()
@@ -228,7 +228,7 @@ def _process_one(
     session.add(
         InboundMessage(
             fingerprint=request.fingerprint,
-            token_hash=_digest(token) if token else None,
+            token_hash=sha256_hex(token) if token else None,
             result=outcome.result,
             processed_at=now,
         )
@@ -261,7 +261,7 @@ def _act(
         if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
             return Outcome(key, sender, ALREADY_UNSUBSCRIBED, email=subscriber.email), token
         used = session.exec(
-            select(InboundMessage.id).where(col(InboundMessage.token_hash) == _digest(token))
+            select(InboundMessage.id).where(col(InboundMessage.token_hash) == sha256_hex(token))
         ).first()
         if used is not None:
             reason = "token already used by an earlier request; subscribed again since"
@@ -271,5 +271,5 @@ def _act(
     return Outcome(key, sender, REFUSED, reason), None
 
 
-def _error_text(exc: BaseException) -> str:
-    return _printable(f"{type(exc).__name__}: {exc}", 200)
+def error_text(exc: BaseException) -> str:
+    return printable(f"{type(exc).__name__}: {exc}", 200)

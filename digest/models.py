@@ -1,4 +1,5 @@
-"""Every table of the store: papers, subscribers, deliveries and what they held, feedback, runs."""
+"""Every table of the store: papers, subscribers, deliveries and what they held, feedback, runs,
+mail read in, bounces and suppressions."""
 
 from __future__ import annotations
 
@@ -211,3 +212,38 @@ class InboundMessage(SQLModel, table=True):
     token_hash: str | None = Field(default=None, index=True, max_length=64)
     result: str = Field(max_length=40)
     processed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Bounce(SQLModel, table=True):
+    """A bounce that came back by mail, and the delivery it failed: one per delivery (a second
+    report of the same failure changes nothing). Kept when a suppression is lifted: the history
+    of why an address was suppressed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="delivery.id", unique=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    # The failed recipient the report named (not always the subscriber's address: forwarding).
+    address: str = Field(max_length=320)
+    # Hard: the address is refused for good (5.x.x), counted towards suppression like an SMTP
+    # 5xx answer; soft: the server gave up for now (4.x.x: mailbox full, timed out).
+    hard: bool
+    status: str | None = Field(default=None, max_length=16)  # RFC 3463 code, e.g. 5.1.1
+    reason: str = Field(max_length=500)
+    # How the bounce was tied to the delivery: "token" (its bounce address) or "address".
+    tied_by: str = Field(max_length=20)
+    received_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class SuppressionEvent(SQLModel, table=True):
+    """An address suppressed (after repeated hard bounces) or the suppression lifted by an
+    operator, with the failure count at that moment: the subscriber's count starts again from
+    zero when lifted, this row keeps it."""
+
+    __tablename__ = "suppression_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    action: str = Field(max_length=20)  # "suppressed" or "lifted"
+    failures: int
+    reason: str = Field(max_length=500)
+    at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

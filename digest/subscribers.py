@@ -16,6 +16,7 @@ from digest.config import Settings
 from digest.errors import UserError
 from digest.mailer import Mailer
 from digest.models import (
+    Bounce,
     Delivery,
     DeliveryItem,
     Feedback,
@@ -23,6 +24,7 @@ from digest.models import (
     Paper,
     Subscriber,
     SubscriberStatus,
+    SuppressionEvent,
 )
 from digest.render import Envelope, render_confirmation
 from digest.schedule import zone
@@ -150,6 +152,8 @@ def remove_subscriber(*, session: Session, email: str) -> bool:
     # Children first, as explicit statements: the tables have no ORM relationships to order them.
     delivery_ids = select(Delivery.id).where(Delivery.subscriber_id == subscriber.id)
     session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(delivery_ids)))
+    for table in (Bounce, SuppressionEvent):
+        session.execute(delete(table).where(col(table.subscriber_id) == subscriber.id))
     session.execute(delete(Delivery).where(col(Delivery.subscriber_id) == subscriber.id))
     session.execute(delete(Feedback).where(col(Feedback.subscriber_id) == subscriber.id))
     session.delete(subscriber)

@@ -1,6 +1,6 @@
 """The admin command line (`digest`), one module per command group: send (send, preview, demo,
-why), deliveries (list, release), subscribers (subscribers, unsubscribes), papers (ingest,
-papers, seeds, rank), admin (status, check, serve) and database (db)."""
+why), deliveries (list, release), subscribers (subscribers, unsubscribes, bounces), papers
+(ingest, papers, seeds, rank), admin (status, check, serve) and database (db)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ for command in (
     papers.rank,
     subscribers.subscribers,
     subscribers.unsubscribes,
+    subscribers.bounces,
     database.db_group,
 ):
     main.add_command(command)

@@ -282,3 +282,31 @@ def stuck_deliveries(
             )
         session.commit()
     return ids
+
+
+# "Bounced": a digest that went out came back by mail (digest.bounces.process): failed for
+# good, with the bounce's reason. A bounce settles what the sender could not know: an
+# unconfirmed row (dropped after the whole message went out), or one released for another
+# attempt, did reach a server, and must not go out again. Rows in any other state (a claim
+# may hold them) do not move; the statement returns the id of a row it moved.
+MARK_BOUNCED = (
+    update(Delivery)
+    .where(
+        col(Delivery.id) == bindparam("delivery_id"),
+        or_(
+            col(Delivery.state).in_([DeliveryState.SENT.value, DeliveryState.UNCONFIRMED.value]),
+            and_(
+                col(Delivery.state) == DeliveryState.FAILED.value,
+                col(Delivery.retry_at).is_not(None),
+            ),
+        ),
+    )
+    .values(
+        state=DeliveryState.FAILED.value,
+        reason=bindparam("reason"),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        lease_until=None,
+        retry_at=None,
+    )
+    .returning(col(Delivery.id))
+)
