@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hmac
 import json
 import time
@@ -91,12 +92,21 @@ def make_token(secret_key: str, purpose: Purpose, payload: dict[str, Any]) -> st
 def read_token(
     secret_key: str, purpose: Purpose, token: str, *, max_age: int | None = None
 ) -> dict[str, Any]:
+    return read_token_issued(secret_key, purpose, token, max_age=max_age)[0]
+
+
+def read_token_issued(
+    secret_key: str, purpose: Purpose, token: str, *, max_age: int | None = None
+) -> tuple[dict[str, Any], dt.datetime]:
+    """The payload and when the token was made (to the second, UTC)."""
     try:
-        payload = _serializer(secret_key, purpose).loads(token, max_age=max_age)
+        payload, issued = _serializer(secret_key, purpose).loads(
+            token, max_age=max_age, return_timestamp=True
+        )
     except SignatureExpired as exc:
         raise InvalidToken("This link has expired.", expired=True) from exc
     except BadSignature as exc:
         raise InvalidToken("This link is not valid: it may be incomplete or altered.") from exc
-    if not isinstance(payload, dict):
+    if not isinstance(payload, dict) or not isinstance(issued, dt.datetime):
         raise InvalidToken("This link is not valid.")
-    return payload
+    return payload, issued
