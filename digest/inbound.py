@@ -21,9 +21,10 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from digest.models import InboundMessage, Subscriber, SubscriberStatus
+from digest.links import SubscriptionGone, read_link
+from digest.models import InboundMessage, SubscriberStatus
 from digest.subscribers import unsubscribe
-from digest.tokens import InvalidToken, Purpose, read_token
+from digest.tokens import InvalidToken, Purpose
 
 # An itsdangerous URL-safe timed token: payload.timestamp.signature, base64url parts. A match
 # starts only where a run of token characters starts, and its runs are possessive, so a scan
@@ -200,7 +201,8 @@ def process_unsubscribe_requests(
     The token, not the From address, is the authority: it was mailed only to the subscriber,
     and a forged or altered one fails its signature and changes nothing. Each message is
     remembered once handled, so a mailbox read again changes nothing, and a token acts once:
-    a request read after its subscriber subscribed again does not unsubscribe them.
+    unsubscribing ends the subscription it was made for (links.made_for), so a request read
+    after its subscriber subscribed again does not unsubscribe them.
     """
     report = InboundReport()
     for key, raw in messages:
@@ -247,27 +249,25 @@ def _act(
     reason = ""
     for token in request.tokens:
         try:
-            payload = read_token(secret_key, Purpose.UNSUBSCRIBE, token)
+            target = read_link(
+                session=session, secret_key=secret_key, purpose=Purpose.UNSUBSCRIBE, token=token
+            )
+        except SubscriptionGone:
+            reason = "token names no known subscriber (removed?)"
+            continue
         except InvalidToken as exc:
             reason = "token not valid: forged, altered or made for another purpose"
             if exc.expired:
                 reason = "token expired"
             continue
-        sid = payload.get("s")
-        subscriber = session.get(Subscriber, sid) if isinstance(sid, int) else None
-        if subscriber is None or subscriber.id is None:
-            reason = "token names no known subscriber (removed?)"
-            continue
+        subscriber = target.subscriber
+        if target.current and subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+            unsubscribe(session=session, subscriber_id=target.sid, now=now)
+            return Outcome(key, sender, UNSUBSCRIBED, email=subscriber.email), token
         if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
             return Outcome(key, sender, ALREADY_UNSUBSCRIBED, email=subscriber.email), token
-        used = session.exec(
-            select(InboundMessage.id).where(col(InboundMessage.token_hash) == sha256_hex(token))
-        ).first()
-        if used is not None:
-            reason = "token already used by an earlier request; subscribed again since"
-            return Outcome(key, sender, REFUSED, reason, email=subscriber.email), token
-        unsubscribe(session=session, subscriber_id=subscriber.id, now=now)
-        return Outcome(key, sender, UNSUBSCRIBED, email=subscriber.email), token
+        reason = "token of an earlier subscription: unsubscribed and subscribed again since"
+        return Outcome(key, sender, REFUSED, reason, email=subscriber.email), token
     return Outcome(key, sender, REFUSED, reason), None
 
 

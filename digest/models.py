@@ -4,6 +4,7 @@ mail read in, bounces and suppressions."""
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from enum import StrEnum
 from typing import Any
 
@@ -96,6 +97,11 @@ class Frequency(StrEnum):
     WEEKLY = "weekly"
 
 
+def new_link_key() -> str:
+    """A fresh key for a subscription's signed links: 72 random bits, URL-safe."""
+    return secrets.token_urlsafe(9)
+
+
 class Subscriber(SQLModel, table=True):
     # Signed links name a subscriber by id: an id is never given again, on SQLite too (without
     # AUTOINCREMENT it reuses the highest id after a removal, and old links would act on the
@@ -116,6 +122,15 @@ class Subscriber(SQLModel, table=True):
     created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     confirmed_at: dt.datetime | None = _utc_column()
     unsubscribed_at: dt.datetime | None = _utc_column()
+    # Every signed link carries the key of the subscription it was made for and acts only while
+    # that is still the subscriber's key (digest/links.py). A new one is drawn when the
+    # subscription ends (unsubscribe) and when it starts again (confirmed after being inactive),
+    # so links of an earlier subscription never act on a later one. "" only on rows from before
+    # link keys: their links, mailed without a key, keep working until then.
+    link_key: str = Field(default_factory=new_link_key, max_length=24)
+    # The one confirmation link that may still be used: each request draws a new one, and
+    # confirming or unsubscribing clears it, so a confirmation link works once.
+    confirm_key: str | None = Field(default=None, max_length=24)
 
 
 class DeliveryState(StrEnum):

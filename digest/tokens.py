@@ -4,6 +4,7 @@ each digest's bounce address (VERP)."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hmac
 import json
 import re
@@ -94,15 +95,24 @@ def make_token(secret_key: str, purpose: Purpose, payload: dict[str, Any]) -> st
 def read_token(
     secret_key: str, purpose: Purpose, token: str, *, max_age: int | None = None
 ) -> dict[str, Any]:
+    return read_token_issued(secret_key, purpose, token, max_age=max_age)[0]
+
+
+def read_token_issued(
+    secret_key: str, purpose: Purpose, token: str, *, max_age: int | None = None
+) -> tuple[dict[str, Any], dt.datetime]:
+    """The payload and when the token was made (to the second, UTC)."""
     try:
-        payload = _serializer(secret_key, purpose).loads(token, max_age=max_age)
+        payload, issued = _serializer(secret_key, purpose).loads(
+            token, max_age=max_age, return_timestamp=True
+        )
     except SignatureExpired as exc:
         raise InvalidToken("This link has expired.", expired=True) from exc
     except BadSignature as exc:
         raise InvalidToken("This link is not valid: it may be incomplete or altered.") from exc
-    if not isinstance(payload, dict):
+    if not isinstance(payload, dict) or not isinstance(issued, dt.datetime):
         raise InvalidToken("This link is not valid.")
-    return payload
+    return payload, issued
 
 
 # A bounce token: the delivery id and 80 bits of HMAC-SHA256, lower-case base32. It lives in
