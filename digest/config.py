@@ -31,6 +31,10 @@ ARXIV_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 # The database URLs we have a driver for; `postgres://` (Heroku's, many hosts') is an alias.
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 SMTP_PIPELINING = ("auto", "always", "never")
+# The bounce address: a DNS name of ASCII labels, and a plain local part that leaves room for
+# "+token" (and takes no "+" itself: that separates the token).
+BOUNCE_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+BOUNCE_LOCAL_PART = re.compile(r"^[A-Za-z0-9]+(?:[.-][A-Za-z0-9]+)*$")
 
 
 def safe_url(url: str) -> str:
@@ -135,6 +139,14 @@ class Settings(BaseSettings):
     from_name: str = "Paper digest"
     # Where the one-click mailto: unsubscribe goes (processed by `digest unsubscribes process`).
     unsubscribe_mailto: str = "unsubscribe@localhost"
+    # Bounces: set, each digest's envelope sender (MAIL FROM, the Return-Path) is
+    # bounce_local_part+TOKEN@bounce_domain, a signed token naming its delivery (VERP), and
+    # `digest bounces process` reads the mailbox that domain delivers to. Unset, the envelope
+    # sender is from_address. A subdomain of from_address's domain keeps DMARC aligned.
+    bounce_domain: str | None = None
+    bounce_local_part: str = "bounces"
+    # A bounce without a valid token is tied to its address's digest sent within this many days.
+    bounce_match_days: int = Field(default=14, ge=1, le=365)
     base_url: str = "http://127.0.0.1:8000"
 
     # Shipped in the wheel, or the checkout's top-level folders (digest.resources).
@@ -167,11 +179,27 @@ class Settings(BaseSettings):
     # Delivery.
     # A planner that runs late still sends a day's digest up to this many hours after its hour.
     catchup_hours: float = Field(default=12.0, ge=0, le=23)
-    # How long a worker owns the deliveries it claimed before another may take them over.
-    lease_seconds: int = Field(default=300, ge=1)
-    # Planned deliveries untouched this long are queued again by the sweeper (lost tasks).
-    planned_grace_seconds: int = Field(default=900, ge=0)
-    sweep_every_minutes: int = Field(default=5, ge=1, le=60)
+    # How long a worker owns the deliveries it claimed before another may take them over. A
+    # live sender renews it every third of this (digest.delivery.lease), so a long batch or a
+    # stalled server keeps its rows; a dead worker's rows are free again after this long.
+    lease_seconds: int = Field(default=45, ge=3)
+    # A planned delivery that no queued task carries, this long after it was planned or last
+    # queued, is queued again by the sweeper (a lost task, a flushed Redis).
+    planned_grace_seconds: int = Field(default=30, ge=0)
+    # The sweeper's period. Recovery bound: lease (or grace) + this + the send itself.
+    sweep_every_minutes: int = Field(default=1, ge=1, le=60)
+    # "durable": each outcome ("sent", "failed") is on disk when its commit returns. "fast"
+    # (PostgreSQL synchronous_commit=off): cheaper commits, but a crash of PostgreSQL itself can
+    # lose the last fraction of a second of "sent" marks, and those digests go out again.
+    outcome_commit: Literal["durable", "fast"] = "durable"
+    # A delivery whose connection dropped after the whole message was handed over, before the
+    # server answered, is "unconfirmed": "hold" keeps it so (an operator may release it with
+    # `digest deliveries release`); "resend" retries it like a temporary failure (it may then
+    # arrive twice).
+    unconfirmed: Literal["hold", "resend"] = "hold"
+    # How long an outcome write keeps trying on a database that went away (a restart), before
+    # the batch stops; the message just handed over is never sent again meanwhile.
+    db_retry_seconds: float = Field(default=120.0, ge=0)
     # Temporary SMTP failures: tries within one task, then retried later until the deadline.
     smtp_attempts: int = Field(default=3, ge=1)
     smtp_retry_base_seconds: float = Field(default=0.5, ge=0)
@@ -261,6 +289,25 @@ class Settings(BaseSettings):
             raise ValueError(f"not a Sentry DSN like https://KEY@host/PROJECT ({exc})") from None
         return value
 
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        value = (value or "").strip().lower().rstrip(".")
+        if not value:
+            return None
+        if len(value) > 253 or not all(BOUNCE_DOMAIN_LABEL.match(p) for p in value.split(".")):
+            raise ValueError(f"{value!r} is not a domain name like bounces.example.org")
+        return value
+
+    @field_validator("bounce_local_part")
+    @classmethod
+    def _bounce_local_part(cls, value: str) -> str:
+        if len(value) > 20 or not BOUNCE_LOCAL_PART.match(value):
+            raise ValueError(
+                f"{value!r}: use 1 to 20 letters, digits, dots or dashes (no '+'), e.g. bounces"
+            )
+        return value
+
     @field_validator("default_timezone")
     @classmethod
     def _default_timezone(cls, value: str) -> str:
@@ -316,6 +363,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DIGEST_SECRET_KEY must be set to a long random value when DIGEST_ENV=production"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_one_message(self) -> Settings:
+        # A sender starts a message only while its lease covers the longest that one message
+        # can take; a lease shorter than that could never send, or lose its rows mid-message.
+        if self.mailer == "smtp":
+            longest = self.smtp_timeout + (
+                1.0 / self.smtp_rate_per_second if self.smtp_rate_per_second else 0.0
+            )
+            if self.lease_seconds <= longest:
+                raise ValueError(
+                    f"DIGEST_LEASE_SECONDS={self.lease_seconds} is too short: one message may "
+                    f"take {longest:g} s (DIGEST_SMTP_TIMEOUT"
+                    + (" + 1/DIGEST_SMTP_RATE_PER_SECOND" if self.smtp_rate_per_second else "")
+                    + f"); make it more than {longest:g}"
+                )
         return self
 
     @property

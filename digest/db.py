@@ -106,6 +106,36 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True)
 
 
+# PostgreSQL error classes a retry can cure: connection exceptions, the server shutting down
+# or starting, too many connections, serialization failures and deadlocks.
+_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that trying again soon can cure: the connection went away (a restart,
+    a network blip), the server is starting or shutting down, a serialization failure or a
+    deadlock, a locked SQLite file. Constraint violations and programming errors are not."""
+    import sqlite3
+
+    import psycopg
+    from sqlalchemy.exc import DBAPIError, InterfaceError
+
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        return exc.orig is not None and is_transient(exc.orig)
+    if isinstance(exc, psycopg.Error):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return True
+        state = exc.sqlstate
+        if state is None:
+            # A bare DatabaseError without a SQLSTATE is what libpq reports for a connection
+            # that closed under a statement ("server closed the connection unexpectedly").
+            return type(exc) is psycopg.DatabaseError
+        return state.startswith(_TRANSIENT_SQLSTATES)
+    return isinstance(exc, sqlite3.OperationalError)
+
+
 def one_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
     """`column IN (values)`; on PostgreSQL `column = ANY(array)`, one parameter however many
     values: a batch's 500 ids as 500 placeholders cost the driver more to parse than the

@@ -21,7 +21,7 @@ from digest.db import one_of
 from digest.embedding_store import EmbeddingCache, paper_embeddings
 from digest.encoder import load_encoder
 from digest.errors import UserError
-from digest.links import signed_link
+from digest.links import link_payload, subscriber_link
 from digest.models import Delivery, DeliveryItem, DeliveryState, Feedback, Paper, Subscriber
 from digest.paperstore import candidate_papers
 from digest.ranking import (
@@ -241,11 +241,10 @@ def digest_context(
     picks: Sequence[Pick],
     papers: dict[str, Paper],
 ) -> DigestContext:
-    sid = subscriber.id
     entries = []
     # One signed feedback token per digest: it says who votes; each link names its paper and
     # vote (a dozen signatures per message cost more than the rest of its links).
-    feedback = signed_link(settings, "feedback", Purpose.FEEDBACK, {"s": sid})
+    feedback = subscriber_link(settings, "feedback", Purpose.FEEDBACK, subscriber)
     for pick in picks:
         paper_id, title, authors, summary, url, query = _entry_parts(
             papers[pick.paper_id], settings.base_url
@@ -262,15 +261,17 @@ def digest_context(
                 dislike_url=f"{feedback}/down{query}",
             )
         )
-    unsubscribe_token = make_token(settings.secret_key, Purpose.UNSUBSCRIBE, {"s": sid})
+    unsubscribe_token = make_token(
+        settings.secret_key, Purpose.UNSUBSCRIBE, link_payload(subscriber)
+    )
     return DigestContext(
         recipient=subscriber.email,
         digest_date=digest_date,
         entries=entries,
-        web_url=signed_link(
-            settings, "digest", Purpose.VIEW, {"s": sid, "d": digest_date.isoformat()}
+        web_url=subscriber_link(
+            settings, "digest", Purpose.VIEW, subscriber, d=digest_date.isoformat()
         ),
-        preferences_url=signed_link(settings, "preferences", Purpose.PREFERENCES, {"s": sid}),
+        preferences_url=subscriber_link(settings, "preferences", Purpose.PREFERENCES, subscriber),
         unsubscribe_url=f"{settings.base_url}/unsubscribe/{unsubscribe_token}",
         unsubscribe_mailto=(
             f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{unsubscribe_token}"

@@ -23,10 +23,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from digest.links import SubscriptionGone, read_link
 from digest.logs import event
-from digest.models import InboundMessage, Subscriber, SubscriberStatus
+from digest.models import InboundMessage, SubscriberStatus
 from digest.subscribers import unsubscribe
-from digest.tokens import InvalidToken, Purpose, read_token
+from digest.tokens import InvalidToken, Purpose
 
 # An itsdangerous URL-safe timed token: payload.timestamp.signature, base64url parts. A match
 # starts only where a run of token characters starts, and its runs are possessive, so a scan
@@ -83,11 +84,11 @@ class InboundReport:
         return sum(1 for o in self.outcomes if o.result == result)
 
 
-def _digest(value: str | bytes) -> str:
+def sha256_hex(value: str | bytes) -> str:
     return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
 
 
-def _printable(value: str, limit: int) -> str:
+def printable(value: str, limit: int) -> str:
     """One line of at most `limit` characters: control characters (CR, LF) become spaces."""
     value = "".join(ch if ch.isprintable() else " " for ch in value[: limit * 4])
     return " ".join(value.split())[:limit]
@@ -183,13 +184,13 @@ def _read_request(raw: bytes | Message) -> _Request:
     if isinstance(raw, Message):
         raw = raw.as_bytes(policy=policy.compat32)
     message = parse_message(raw)
-    sender = _printable(header_text(message, "From"), MAX_SENDER_CHARS)
+    sender = printable(header_text(message, "From"), MAX_SENDER_CHARS)
     tokens = candidate_tokens(message)
-    message_id = _printable(header_text(message, "Message-ID"), 1000)
+    message_id = printable(header_text(message, "Message-ID"), 1000)
     # The same message read again has the same fingerprint. The tokens are part of it, so a
     # message that merely copies another's Message-ID cannot hide the real one.
-    identity = f"id:{message_id}" if message_id else f"raw:{_digest(raw)}"
-    return _Request(sender, _digest("\0".join([identity, *tokens])), tokens)
+    identity = f"id:{message_id}" if message_id else f"raw:{sha256_hex(raw)}"
+    return _Request(sender, sha256_hex("\0".join([identity, *tokens])), tokens)
 
 
 def process_unsubscribe_requests(
@@ -205,7 +206,8 @@ def process_unsubscribe_requests(
     The token, not the From address, is the authority: it was mailed only to the subscriber,
     and a forged or altered one fails its signature and changes nothing. Each message is
     remembered once handled, so a mailbox read again changes nothing, and a token acts once:
-    a request read after its subscriber subscribed again does not unsubscribe them.
+    unsubscribing ends the subscription it was made for (links.made_for), so a request read
+    after its subscriber subscribed again does not unsubscribe them.
     """
     report = InboundReport()
     for key, raw in messages:
@@ -231,11 +233,11 @@ def _process_one(
     session: Session, secret_key: str, key: str, raw: bytes | Message | Exception, now: dt.datetime
 ) -> Outcome:
     if isinstance(raw, Exception):
-        return Outcome(key, "", REFUSED, f"message could not be read: {_error_text(raw)}")
+        return Outcome(key, "", REFUSED, f"message could not be read: {error_text(raw)}")
     try:
         request = _read_request(raw)
     except Exception as exc:  # any hostile message is reported and skipped, never fatal
-        return Outcome(key, "", REFUSED, f"malformed message: {_error_text(exc)}")
+        return Outcome(key, "", REFUSED, f"malformed message: {error_text(exc)}")
     seen = session.exec(
         select(InboundMessage).where(col(InboundMessage.fingerprint) == request.fingerprint)
     ).first()
@@ -245,7 +247,7 @@ def _process_one(
     session.add(
         InboundMessage(
             fingerprint=request.fingerprint,
-            token_hash=_digest(token) if token else None,
+            token_hash=sha256_hex(token) if token else None,
             result=outcome.result,
             processed_at=now,
         )
@@ -264,29 +266,27 @@ def _act(
     reason = ""
     for token in request.tokens:
         try:
-            payload = read_token(secret_key, Purpose.UNSUBSCRIBE, token)
+            target = read_link(
+                session=session, secret_key=secret_key, purpose=Purpose.UNSUBSCRIBE, token=token
+            )
+        except SubscriptionGone:
+            reason = "token names no known subscriber (removed?)"
+            continue
         except InvalidToken as exc:
             reason = "token not valid: forged, altered or made for another purpose"
             if exc.expired:
                 reason = "token expired"
             continue
-        sid = payload.get("s")
-        subscriber = session.get(Subscriber, sid) if isinstance(sid, int) else None
-        if subscriber is None or subscriber.id is None:
-            reason = "token names no known subscriber (removed?)"
-            continue
+        subscriber = target.subscriber
+        if target.current and subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+            unsubscribe(session=session, subscriber_id=target.sid, now=now, via="mail")
+            return Outcome(key, sender, UNSUBSCRIBED, email=subscriber.email), token
         if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
             return Outcome(key, sender, ALREADY_UNSUBSCRIBED, email=subscriber.email), token
-        used = session.exec(
-            select(InboundMessage.id).where(col(InboundMessage.token_hash) == _digest(token))
-        ).first()
-        if used is not None:
-            reason = "token already used by an earlier request; subscribed again since"
-            return Outcome(key, sender, REFUSED, reason, email=subscriber.email), token
-        unsubscribe(session=session, subscriber_id=subscriber.id, now=now, via="mail")
-        return Outcome(key, sender, UNSUBSCRIBED, email=subscriber.email), token
+        reason = "token of an earlier subscription: unsubscribed and subscribed again since"
+        return Outcome(key, sender, REFUSED, reason, email=subscriber.email), token
     return Outcome(key, sender, REFUSED, reason), None
 
 
-def _error_text(exc: BaseException) -> str:
-    return _printable(f"{type(exc).__name__}: {exc}", 200)
+def error_text(exc: BaseException) -> str:
+    return printable(f"{type(exc).__name__}: {exc}", 200)

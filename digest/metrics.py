@@ -28,14 +28,19 @@ log = logging.getLogger(__name__)
 # whose retries may still be running.
 RECENT_DATES = 3
 # A failed delivery's reason starts with the server's reply ("SMTP 550 5.1.1 ...", written by
-# digest.mailer) or says the connection failed ("SMTP connection lost: ...").
+# digest.mailer.smtp) or says the connection failed ("SMTP connection lost: ..."); a bounce
+# by mail, with what its report said ("bounced: 550 5.1.1 ...", "bounced (soft): ...",
+# digest.bounces.process).
 SMTP_REPLY = re.compile(r"^SMTP ([2-5]\d\d)\b")
-REASON_PREFIX_CHARS = 16
+BOUNCE_REPLY = re.compile(r"\b([245]\d\d)\b")
+REASON_PREFIX_CHARS = 40
 OK_INGEST = ("ok", "partial")
 
 
 class SmtpOutcome(NamedTuple):
-    outcome: str  # accepted, permanent, temporary, other
+    # accepted, permanent, temporary, unconfirmed (no answer after the whole message went
+    # out), bounced and bounced_soft (accepted, then refused by mail), other
+    outcome: str
     code: str  # the reply code, "connection", or "" when none applies
 
 
@@ -44,9 +49,15 @@ def smtp_outcome(state: str, reason: str | None) -> SmtpOutcome | None:
     delivery that never reached a server (planned, sending, skipped)."""
     if state == DeliveryState.SENT:
         return SmtpOutcome("accepted", "")
+    if state == DeliveryState.UNCONFIRMED:
+        return SmtpOutcome("unconfirmed", "")
     if state != DeliveryState.FAILED:
         return None
     text = reason or ""
+    if text.startswith("bounced"):
+        reply = BOUNCE_REPLY.search(text.partition(":")[2])
+        soft = text.startswith("bounced (soft)")
+        return SmtpOutcome("bounced_soft" if soft else "bounced", reply.group(1) if reply else "")
     match = SMTP_REPLY.match(text)
     if match:
         code = match.group(1)

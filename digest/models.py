@@ -1,8 +1,10 @@
-"""Every table of the store: papers, subscribers, deliveries and what they held, feedback, runs."""
+"""Every table of the store: papers, subscribers, deliveries and what they held, feedback, runs,
+mail read in, bounces and suppressions."""
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from enum import StrEnum
 from typing import Any
 
@@ -95,6 +97,11 @@ class Frequency(StrEnum):
     WEEKLY = "weekly"
 
 
+def new_link_key() -> str:
+    """A fresh key for a subscription's signed links: 72 random bits, URL-safe."""
+    return secrets.token_urlsafe(9)
+
+
 class Subscriber(SQLModel, table=True):
     # Signed links name a subscriber by id: an id is never given again, on SQLite too (without
     # AUTOINCREMENT it reuses the highest id after a removal, and old links would act on the
@@ -115,6 +122,15 @@ class Subscriber(SQLModel, table=True):
     created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     confirmed_at: dt.datetime | None = _utc_column()
     unsubscribed_at: dt.datetime | None = _utc_column()
+    # Every signed link carries the key of the subscription it was made for and acts only while
+    # that is still the subscriber's key (digest/links.py). A new one is drawn when the
+    # subscription ends (unsubscribe) and when it starts again (confirmed after being inactive),
+    # so links of an earlier subscription never act on a later one. "" only on rows from before
+    # link keys: their links, mailed without a key, keep working until then.
+    link_key: str = Field(default_factory=new_link_key, max_length=24)
+    # The one confirmation link that may still be used: each request draws a new one, and
+    # confirming or unsubscribing clears it, so a confirmation link works once.
+    confirm_key: str | None = Field(default=None, max_length=24)
 
 
 class DeliveryState(StrEnum):
@@ -123,6 +139,10 @@ class DeliveryState(StrEnum):
     SENT = "sent"
     SKIPPED = "skipped"  # nothing worth sending that day: the reason says why
     FAILED = "failed"
+    # The connection dropped after the whole message was handed over, before the server's
+    # answer: it may or may not have been delivered. Not sent again unless an operator
+    # releases it (or DIGEST_UNCONFIRMED says so); the reason names the server, step and time.
+    UNCONFIRMED = "unconfirmed"
 
 
 class Delivery(SQLModel, table=True):
@@ -154,6 +174,11 @@ class Delivery(SQLModel, table=True):
     lease_until: dt.datetime | None = _utc_column()
     # A temporarily failed delivery is tried again from this moment; None means never again.
     retry_at: dt.datetime | None = _utc_column()
+    # The fencing token of the claim that owns a "sending" row: outcomes and lease renewals
+    # name it, so a sender whose lease ran out can never mark (or keep) a row taken over since.
+    claim_token: str | None = Field(default=None, max_length=32)
+    # Who holds the claim (worker host and process), for `digest why`.
+    claimed_by: str | None = Field(default=None, max_length=255)
 
 
 class DeliveryItem(SQLModel, table=True):
@@ -202,3 +227,38 @@ class InboundMessage(SQLModel, table=True):
     token_hash: str | None = Field(default=None, index=True, max_length=64)
     result: str = Field(max_length=40)
     processed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Bounce(SQLModel, table=True):
+    """A bounce that came back by mail, and the delivery it failed: one per delivery (a second
+    report of the same failure changes nothing). Kept when a suppression is lifted: the history
+    of why an address was suppressed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="delivery.id", unique=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    # The failed recipient the report named (not always the subscriber's address: forwarding).
+    address: str = Field(max_length=320)
+    # Hard: the address is refused for good (5.x.x), counted towards suppression like an SMTP
+    # 5xx answer; soft: the server gave up for now (4.x.x: mailbox full, timed out).
+    hard: bool
+    status: str | None = Field(default=None, max_length=16)  # RFC 3463 code, e.g. 5.1.1
+    reason: str = Field(max_length=500)
+    # How the bounce was tied to the delivery: "token" (its bounce address) or "address".
+    tied_by: str = Field(max_length=20)
+    received_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class SuppressionEvent(SQLModel, table=True):
+    """An address suppressed (after repeated hard bounces) or the suppression lifted by an
+    operator, with the failure count at that moment: the subscriber's count starts again from
+    zero when lifted, this row keeps it."""
+
+    __tablename__ = "suppression_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    action: str = Field(max_length=20)  # "suppressed" or "lifted"
+    failures: int
+    reason: str = Field(max_length=500)
+    at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -99,6 +99,9 @@ class Envelope:
     message_id: str
     now: dt.datetime
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # The envelope sender (SMTP MAIL FROM, which the receiving server writes as Return-Path):
+    # where bounces go. None: sender_address.
+    return_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ class DigestContext:
 
 @dataclass(frozen=True)
 class Mail:
-    """A rendered message: envelope addresses and the RFC 5322 bytes to hand to a server.
+    """A rendered message: envelope addresses (`sender` is the MAIL FROM) and the RFC 5322
+    bytes to hand to a server.
 
     Built directly as bytes: the email package's generator costs about 1 ms a message, more than
     everything else in rendering, which matters at 100,000 digests a day. `message()` parses it
@@ -250,7 +254,10 @@ def _message(envelope: Envelope, subject: str, text: str, html: str) -> Mail:
         ]
     )
     return Mail(
-        sender=envelope.sender_address, recipient=envelope.recipient, data=data, canonical=True
+        sender=envelope.return_path or envelope.sender_address,
+        recipient=envelope.recipient,
+        data=data,
+        canonical=True,
     )
 
 

@@ -98,8 +98,10 @@ def describe_run(run: Run) -> list[str]:
     summary = run.summary or {}
     if run.kind == "ingest":
         return describe_ingest(summary)
-    if run.kind == "send":
+    if run.kind in ("send", "batch"):  # a worker's batch has a send's summary
         return describe_send(summary)
+    if run.kind == "task":
+        return [f"{summary.get('task', 'a task')} failed for good: {summary.get('error', '?')}"]
     if run.kind == "plan":
         return describe_plan(summary)
     return [", ".join(_scalars(summary, set())) or "(no counts)"]

@@ -1,5 +1,6 @@
 """Subscribers: addresses and topics validated once, the schedule validated once, double opt-in
-(request, confirm), unsubscribe, preferences and 👍/👎 feedback."""
+(request, confirm), unsubscribe, preferences and 👍/👎 feedback; when a subscription ends or
+starts again, so that the links of an earlier one stop working."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict, cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, update
+from sqlalchemy import CursorResult, delete, update
 from sqlmodel import Session, col, select
 
 from digest.config import Settings
 from digest.errors import UserError
+from digest.links import link_payload
 from digest.logs import event
 from digest.mailer import Mailer
 from digest.models import (
+    Bounce,
     Delivery,
     DeliveryItem,
     Feedback,
@@ -25,6 +28,8 @@ from digest.models import (
     Paper,
     Subscriber,
     SubscriberStatus,
+    SuppressionEvent,
+    new_link_key,
 )
 from digest.render import Envelope, render_confirmation
 from digest.schedule import zone
@@ -133,7 +138,7 @@ def add_subscriber(
         subscriber = Subscriber(email=address, created_at=now)
     subscriber.topics = clean_topics
     subscriber.exclude = clean_exclude
-    subscriber.status = status.value
+    set_status(subscriber, status)
     for name, value in schedule.items():
         setattr(subscriber, name, value)
     if status == SubscriberStatus.ACTIVE:
@@ -154,6 +159,8 @@ def remove_subscriber(*, session: Session, email: str) -> bool:
     # Children first, as explicit statements: the tables have no ORM relationships to order them.
     delivery_ids = select(Delivery.id).where(Delivery.subscriber_id == subscriber.id)
     session.execute(delete(DeliveryItem).where(col(DeliveryItem.delivery_id).in_(delivery_ids)))
+    for table in (Bounce, SuppressionEvent):
+        session.execute(delete(table).where(col(table.subscriber_id) == subscriber.id))
     session.execute(delete(Delivery).where(col(Delivery.subscriber_id) == subscriber.id))
     session.execute(delete(Feedback).where(col(Feedback.subscriber_id) == subscriber.id))
     session.delete(subscriber)
@@ -166,6 +173,18 @@ def list_subscribers(*, session: Session) -> list[Subscriber]:
     return list(session.exec(select(Subscriber).order_by(col(Subscriber.email))))
 
 
+def set_status(subscriber: Subscriber, status: SubscriberStatus) -> None:
+    """Change the status; a subscription that ends (unsubscribed) or starts again (active after
+    anything else) gets a new link key, so no link made before acts on it, and any confirmation
+    link still out stops working."""
+    if subscriber.status == status.value:
+        return
+    if status in (SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED):
+        subscriber.link_key = new_link_key()
+        subscriber.confirm_key = None
+    subscriber.status = status.value
+
+
 def unsubscribe(
     *, session: Session, subscriber_id: int, now: dt.datetime, via: str = "link"
 ) -> Subscriber | None:
@@ -174,7 +193,7 @@ def unsubscribe(
     if subscriber is None:
         return None
     if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
-        subscriber.status = SubscriberStatus.UNSUBSCRIBED.value
+        set_status(subscriber, SubscriberStatus.UNSUBSCRIBED)
         subscriber.unsubscribed_at = now
         session.add(subscriber)
         session.commit()
@@ -226,26 +245,32 @@ def request_subscription(
     )
     subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
     known = subscriber is not None
+    # Only the latest request's link confirms: each request draws a new confirmation key.
+    confirm_key = new_link_key()
     if subscriber is None:
         subscriber = Subscriber(
-            email=address, created_at=now, topics=topics, exclude=exclude, **schedule
+            email=address,
+            created_at=now,
+            topics=topics,
+            exclude=exclude,
+            confirm_key=confirm_key,
+            **schedule,
         )
         session.add(subscriber)
         session.commit()
     else:
-        # A write of the same size as the insert above, so that a known address costs what an
-        # unknown one does (same timing class). Its topics and schedule change only once the
-        # new request is confirmed.
+        # One write, as for an unknown address (same timing class). Its topics and schedule
+        # change only once the new request is confirmed.
         session.execute(
             update(Subscriber)
             .where(col(Subscriber.id) == subscriber.id)
-            .values(bounce_count=Subscriber.bounce_count)
+            .values(confirm_key=confirm_key)
         )
         session.commit()
     token = make_token(
         settings.secret_key,
         Purpose.CONFIRM,
-        {"s": subscriber.id, "topics": topics, "exclude": exclude, "schedule": schedule},
+        link_payload(subscriber, c=confirm_key, topics=topics, exclude=exclude, schedule=schedule),
     )
     message = render_confirmation(
         settings.templates_dir,
@@ -260,13 +285,39 @@ def request_subscription(
     event(log, "subscription.requested", subscriber=subscriber.id, known=known)
 
 
+def confirmable(subscriber: Subscriber, payload: dict[str, Any]) -> bool:
+    """Whether a confirmation link made for this subscription (links.made_for) may still
+    confirm: only the latest request's, and only once. One mailed before confirmation keys
+    carries none: it confirms a pending row from back then, once (that makes it active)."""
+    key = payload.get("c")
+    if key is None:
+        return subscriber.confirm_key is None and subscriber.status == SubscriberStatus.PENDING
+    return isinstance(key, str) and key == subscriber.confirm_key
+
+
 def confirm_subscription(
-    *, session: Session, payload: dict[str, object], now: dt.datetime
-) -> Subscriber | None:
-    subscriber_id = payload.get("s")
-    subscriber = session.get(Subscriber, subscriber_id) if isinstance(subscriber_id, int) else None
-    if subscriber is None:
-        return None
+    *, session: Session, subscriber: Subscriber, payload: dict[str, Any], now: dt.datetime
+) -> bool:
+    """Apply a confirmation link made for this subscription; False, changing nothing, when it
+    was used already or a newer one was sent (confirmable)."""
+    if not confirmable(subscriber, payload):
+        return False
+    # Claimed by one conditional write, so that two posts of one link at once confirm once.
+    key = payload.get("c")
+    claim = update(Subscriber).where(
+        col(Subscriber.id) == subscriber.id, col(Subscriber.link_key) == subscriber.link_key
+    )
+    if key is None:
+        claim = claim.where(
+            col(Subscriber.confirm_key).is_(None),
+            col(Subscriber.status) == SubscriberStatus.PENDING.value,
+        )
+    else:
+        claim = claim.where(col(Subscriber.confirm_key) == key)
+    claimed = cast(CursorResult[Any], session.execute(claim.values(confirm_key=None)))
+    if claimed.rowcount != 1:
+        session.rollback()
+        return False
     topics = payload.get("topics")
     exclude = payload.get("exclude")
     if isinstance(topics, list) and topics:
@@ -281,13 +332,14 @@ def confirm_subscription(
             checked = None  # a link from another version: confirm, keep the stored schedule
         for name, value in (checked or {}).items():
             setattr(subscriber, name, value)
-    subscriber.status = SubscriberStatus.ACTIVE.value
+    set_status(subscriber, SubscriberStatus.ACTIVE)
+    subscriber.confirm_key = None
     subscriber.confirmed_at = now
     subscriber.unsubscribed_at = None
     session.add(subscriber)
     session.commit()
     event(log, "subscription.confirmed", subscriber=subscriber.id)
-    return subscriber
+    return True
 
 
 def update_preferences(

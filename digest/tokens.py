@@ -1,10 +1,13 @@
-"""Signed, purpose-bound tokens for the links in emails (itsdangerous)."""
+"""Signed, purpose-bound tokens for the links in emails (itsdangerous), and the short token of
+each digest's bounce address (VERP)."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hmac
 import json
+import re
 import time
 import zlib
 from enum import StrEnum
@@ -20,6 +23,7 @@ class Purpose(StrEnum):
     PREFERENCES = "preferences"
     FEEDBACK = "feedback"
     VIEW = "view"
+    BOUNCE = "bounce"
 
 
 class InvalidToken(Exception):
@@ -91,12 +95,53 @@ def make_token(secret_key: str, purpose: Purpose, payload: dict[str, Any]) -> st
 def read_token(
     secret_key: str, purpose: Purpose, token: str, *, max_age: int | None = None
 ) -> dict[str, Any]:
+    return read_token_issued(secret_key, purpose, token, max_age=max_age)[0]
+
+
+def read_token_issued(
+    secret_key: str, purpose: Purpose, token: str, *, max_age: int | None = None
+) -> tuple[dict[str, Any], dt.datetime]:
+    """The payload and when the token was made (to the second, UTC)."""
     try:
-        payload = _serializer(secret_key, purpose).loads(token, max_age=max_age)
+        payload, issued = _serializer(secret_key, purpose).loads(
+            token, max_age=max_age, return_timestamp=True
+        )
     except SignatureExpired as exc:
         raise InvalidToken("This link has expired.", expired=True) from exc
     except BadSignature as exc:
         raise InvalidToken("This link is not valid: it may be incomplete or altered.") from exc
-    if not isinstance(payload, dict):
+    if not isinstance(payload, dict) or not isinstance(issued, dt.datetime):
         raise InvalidToken("This link is not valid.")
-    return payload
+    return payload, issued
+
+
+# A bounce token: the delivery id and 80 bits of HMAC-SHA256, lower-case base32. It lives in
+# the local part of an envelope sender, which must stay short (64 characters) and which some
+# servers change to lower case on the way back: so no itsdangerous token (case-sensitive
+# base64, ~50 characters). No time stamp: a bounce may come back days later, and a delivery
+# is only ever marked failed once.
+BOUNCE_SIGNATURE_BYTES = 10
+BOUNCE_TOKEN = re.compile(r"^([1-9][0-9]{0,17})-([a-z2-7]{16})$")
+
+
+def _bounce_signature(secret_key: str, delivery_id: int) -> str:
+    key = _signing_key(secret_key, Purpose.BOUNCE)
+    mac = hmac.digest(key, f"delivery:{delivery_id}".encode(), "sha256")
+    return base64.b32encode(mac[:BOUNCE_SIGNATURE_BYTES]).decode("ascii").lower()
+
+
+def make_bounce_token(secret_key: str, delivery_id: int) -> str:
+    """`<delivery id>-<signature>`, for the bounce address of that delivery's digest."""
+    return f"{delivery_id}-{_bounce_signature(secret_key, delivery_id)}"
+
+
+def read_bounce_token(secret_key: str, token: str) -> int:
+    """The delivery id a bounce token names, in any letter case; InvalidToken when it is not
+    one of ours (forged, altered, or signed with another key)."""
+    match = BOUNCE_TOKEN.match(token.strip().lower())
+    if match is None:
+        raise InvalidToken("not a bounce token")
+    delivery_id = int(match.group(1))
+    if not hmac.compare_digest(match.group(2), _bounce_signature(secret_key, delivery_id)):
+        raise InvalidToken("bounce token not valid: forged, altered or signed with another key")
+    return delivery_id

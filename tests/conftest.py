@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -302,6 +303,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         env[f"DIGEST_{name.upper()}"] = text
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash in a worker process leaves its traceback
     return env
 
 
@@ -313,12 +315,15 @@ def start_worker(
     concurrency: int = 1,
     pool: str = "solo",
     extra_env: dict[str, str] | None = None,
+    wrap: list[str] | None = None,
 ) -> WorkerProcess:
-    """A real `celery -A workers worker` process; returns once it is ready for tasks."""
+    """A real `celery -A workers worker` process; returns once it is ready for tasks. `wrap`
+    goes before the command (e.g. a mount namespace the worker runs in)."""
     env = {**worker_env(settings), **(extra_env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(
         [
+            *(wrap or []),
             sys.executable,
             "-m",
             "celery",
@@ -351,6 +356,62 @@ def start_worker(
         time.sleep(0.1)
     worker.stop()
     raise AssertionError(f"worker not ready within 60 s:\n{worker.log()}")
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[..., None]]]:
+    """A Redis server of this test's own, so that restarting it disturbs nobody else."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_missing("redis-server binary")
+    port = free_port()
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+
+    def start():
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 20
+        while not _ping(client):
+            if time.monotonic() > deadline:
+                raise AssertionError("redis did not start")
+            time.sleep(0.05)
+        client.close()
+        return proc
+
+    state = {"proc": start()}
+
+    def restart(down_for: float = 1.0) -> None:
+        state["proc"].terminate()
+        state["proc"].wait(10)
+        time.sleep(down_for)
+        state["proc"] = start()
+
+    yield f"redis://127.0.0.1:{port}/0", restart
+    state["proc"].terminate()
+    state["proc"].wait(10)
+
+
+def _ping(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @pytest.fixture
@@ -388,6 +449,7 @@ INTEGRATION_FIXTURES = {
     "postgres_url",
     "browser",
     "live",
+    "private_redis",
 }
 # Modules whose every test runs the `digest` command or another process.
 INTEGRATION_MODULES = {
@@ -396,6 +458,8 @@ INTEGRATION_MODULES = {
     "test_rank_cli",
     "test_browser",
     "test_ingest_processes",
+    "test_exactly_once",
+    "test_fault_recovery",
 }
 
 

@@ -14,9 +14,11 @@ from sqlmodel import Session
 from digest import paperstore, subscribers
 from digest.delivery.store import delivery_store
 from digest.envelope import new_message_id
+from digest.links import link_payload
 from digest.models import Delivery, Subscriber
 from digest.papers import PaperIn
 from digest.ranking import Profile, RankPaper
+from digest.tokens import Purpose, make_token
 
 NOW = dt.datetime(2026, 6, 12, 8, 0, tzinfo=dt.UTC)
 _counter = itertools.count(1)
@@ -65,6 +67,11 @@ def make_subscriber(session: Session, **overrides: Any) -> Subscriber:
     }
     data.update(overrides)
     return subscribers.add_subscriber(session=session, **data)
+
+
+def link_token(secret_key: str, purpose: Purpose, subscriber: Subscriber, **extra: Any) -> str:
+    """The token of a signed link for this subscriber, made as the product makes it."""
+    return make_token(secret_key, purpose, link_payload(subscriber, **extra))
 
 
 def make_delivery(

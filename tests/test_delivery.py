@@ -212,26 +212,38 @@ def test_speed_trick_prepared_sent_marks_work_on_a_reused_connection_and_errors_
         ).delivery_ids
     later = NOW + dt.timedelta(minutes=3)
     store = delivery_store(engine)
-    claim = Claim(ids, lease_until=later)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
-        store.writer(db, claim).mark_sent(ids[0], later)
-        # A second writer on the same (pooled) connection finds its statement prepared.
-        store.writer(db, claim).mark_sent(ids[1], later)
-        if db.dialect.name == "postgresql":
-            import psycopg
+    with Session(engine) as session:
+        claim = store.claim(session, ids, now=NOW, settings=db_settings)
+    assert claim.ids == ids
+    first = store.writer(engine, claim)
+    assert first.mark_sent(ids[0], later)
+    first.close()
+    # A second writer on the same (pooled) connection finds its statement prepared.
+    second = store.writer(engine, claim)
+    assert second.mark_sent(ids[1], later)
+    second.close()
+    # A writer of another claim (a sender whose lease ran out) changes nothing.
+    stale = store.writer(engine, Claim(ids, lease_until=later, token="0" * 32))
+    assert not stale.mark_sent(ids[2], later)
+    stale.close()
+    if engine.dialect.name == "postgresql":
+        import psycopg
 
-            marker = store.writer(db, claim).mark_sent
-            db.exec_driver_sql(
+        marker = store.writer(engine, claim)
+        with engine.begin() as ddl:
+            ddl.exec_driver_sql(
                 "ALTER TABLE delivery ADD CONSTRAINT no_sent CHECK (state <> 'sent') NOT VALID"
             )
-            try:
-                with pytest.raises(psycopg.errors.CheckViolation):
-                    marker(ids[2], later)
-            finally:
-                db.exec_driver_sql("ALTER TABLE delivery DROP CONSTRAINT no_sent")
+        try:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                marker.mark_sent(ids[2], later)
+        finally:
+            marker.close()
+            with engine.begin() as ddl:
+                ddl.exec_driver_sql("ALTER TABLE delivery DROP CONSTRAINT no_sent")
     with Session(engine) as session:
         rows = {d.id: d for d in session.exec(select(Delivery))}
     assert [(rows[i].state, rows[i].sent_at, rows[i].updated_at) for i in ids[:2]] == [
         (DeliveryState.SENT, later, later)
     ] * 2
-    assert rows[ids[2]].state == DeliveryState.PLANNED
+    assert rows[ids[2]].state == DeliveryState.SENDING

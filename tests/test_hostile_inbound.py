@@ -22,7 +22,7 @@ from digest.inbound import (
 from digest.tokens import Purpose, make_token
 from tests import test_inbound
 from tests.conftest import SECRET
-from tests.factories import NOW
+from tests.factories import NOW, link_token
 from tests.test_cli import run
 from tests.test_inbound import cli_env, mailto_of, statuses
 
@@ -100,8 +100,8 @@ def test_a_hostile_mailbox_is_reported_message_by_message_and_the_valid_request_
 ):
     settings, engine = store
     with Session(engine) as session:
-        carl_id = subscribers.get_subscriber(session=session, email="carl@example.com").id
-    carl_token = make_token(SECRET, Purpose.UNSUBSCRIBE, {"s": carl_id})
+        carl = subscribers.get_subscriber(session=session, email="carl@example.com")
+    carl_token = link_token(SECRET, Purpose.UNSUBSCRIBE, carl)
     hostile = hostile_messages(carl_token)
     valid = raw_mail(
         {
@@ -192,7 +192,7 @@ def test_reading_the_mailbox_again_after_a_resubscribe_changes_nothing(tmp_path,
         ),
     )
     assert [(o.result, o.reason) for o in replay.outcomes] == [
-        ("refused", "token already used by an earlier request; subscribed again since")
+        ("refused", "token of an earlier subscription: unsubscribed and subscribed again since")
     ]
     assert statuses(engine)["ada@example.com"] == "active"
 

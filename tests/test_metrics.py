@@ -103,6 +103,9 @@ def test_smtp_outcomes_are_read_from_state_and_reason():
     assert smtp_outcome("failed", "SMTP 421 4.4.2 bye") == ("temporary", "421")
     assert smtp_outcome("failed", "SMTP connection failed: refused") == ("temporary", "connection")
     assert smtp_outcome("failed", "rendering failed") == ("other", "")
+    assert smtp_outcome("unconfirmed", "no answer after DATA") == ("unconfirmed", "")
+    assert smtp_outcome("failed", "bounced: 550 5.1.1 User unknown") == ("bounced", "550")
+    assert smtp_outcome("failed", "bounced (soft): 5.2.2 over quota") == ("bounced_soft", "")
     assert smtp_outcome("skipped", "paused") is None and smtp_outcome("planned", None) is None
 
 

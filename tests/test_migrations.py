@@ -4,6 +4,7 @@ database that is not current stops every entry point with one line."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, Table, inspect, text
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString
 
 from digest import db
 from digest.migrations import baseline
-from digest.models import Delivery, UTCDateTime
-from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_SERVICES
+from digest.models import Delivery, Subscriber, UTCDateTime
+from digest.tokens import Purpose, make_token
+from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_SERVICES, SECRET
+from tests.factories import NOW
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_MODELS = ROOT / "tests" / "fixtures" / "old_models"
@@ -230,7 +233,12 @@ def test_a_database_made_before_migrations_upgrades_with_every_row_kept(
         assert len(after[name]) == len(old_rows), name
         for old, new in zip(old_rows, after[name], strict=True):
             assert {k: new[k] for k in old} == old, name
-            assert all(new[k] is None for k in set(new) - set(old)), name
+            added = {k: new[k] for k in set(new) - set(old)}
+            if name == "subscriber":
+                # Live subscriptions keep the links already mailed (no key); ended ones do not.
+                key = added.pop("link_key")
+                assert key == "" if old["status"] != "unsubscribed" else len(key) == 12
+            assert all(value is None for value in added.values()), name
     # The code works on it: the query that crashed with "no such column: delivery.retry_at".
     with Session(engine) as session:
         deliveries = session.exec(select(Delivery).order_by(Delivery.id)).all()
@@ -396,6 +404,168 @@ def test_processes_starting_together_on_a_fresh_sqlite_database_never_fail(tmp_p
         engine = db.make_engine(url)
         assert db.schema_status(engine).current
         engine.dispose()
+
+
+# --- link keys (issue 17) --------------------------------------------------------------------
+
+LINK_KEYS = "63bf4fa1fcb4"
+
+
+def before_link_keys() -> str:
+    revision = db._scripts().get_revision(LINK_KEYS).down_revision
+    assert isinstance(revision, str)
+    return revision
+
+
+def store_before_link_keys(url: str) -> tuple[Engine, dict[str, int], dict[str, str]]:
+    """A store at the revision before link keys, with subscribers of every status, and the
+    links the code of then mailed them (no key in them): the ids and the tokens by name."""
+    engine = db.make_engine(url)
+    db.upgrade_schema(engine, before_link_keys())
+    table = Table("subscriber", MetaData(), autoload_with=engine)
+    sqlite = engine.dialect.name == "sqlite"
+
+    def when(moment: dt.datetime) -> dt.datetime:
+        return moment.replace(tzinfo=None) if sqlite else moment
+
+    t0 = dt.datetime(2026, 6, 1, 7, 0, tzinfo=dt.UTC)
+    ids: dict[str, int] = {}
+    with engine.begin() as connection:
+        for name in ("active", "unsubscribed", "pending", "suppressed", "old owner", "last"):
+            ids[name] = connection.execute(
+                table.insert().values(
+                    email=f"{name.replace(' ', '-')}@example.com",
+                    status=name if name not in ("old owner", "last") else "active",
+                    topics=[f"{name} topic"],
+                    exclude=[],
+                    frequency="daily",
+                    weekly_day=0,
+                    send_hour=7,
+                    timezone="UTC",
+                    bounce_count=0,
+                    created_at=when(t0),
+                    confirmed_at=None if name == "pending" else when(t0),
+                )
+            ).inserted_primary_key[0]
+    legacy = {
+        f"{name} {purpose.value}": make_token(SECRET, purpose, {"s": ids[name]})
+        for name in ids
+        for purpose in (Purpose.UNSUBSCRIBE, Purpose.PREFERENCES, Purpose.FEEDBACK)
+    }
+    for name in ("active", "unsubscribed", "pending"):
+        payload = {"s": ids[name], "topics": [f"{name} confirmed"], "exclude": [], "schedule": {}}
+        legacy[f"{name} confirm"] = make_token(SECRET, Purpose.CONFIRM, payload)
+    legacy["active view"] = make_token(
+        SECRET, Purpose.VIEW, {"s": ids["active"], "d": "2026-06-01"}
+    )
+    with engine.begin() as connection:
+        # The old owner was removed, and SQLite (before AUTOINCREMENT) gave the id to a newcomer
+        # who signed up after those links were mailed; the highest id was removed too.
+        connection.execute(table.delete().where(table.c.id.in_([ids["old owner"], ids["last"]])))
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        connection.execute(
+            table.insert().values(
+                id=ids["old owner"],
+                email="newcomer@example.com",
+                status="active",
+                topics=["mine"],
+                exclude=[],
+                frequency="daily",
+                weekly_day=0,
+                send_hour=7,
+                timezone="UTC",
+                bounce_count=0,
+                created_at=when(later),
+                confirmed_at=when(later),
+            )
+        )
+    return engine, ids, legacy
+
+
+def test_link_keys_keep_the_links_mailed_to_live_subscriptions_and_end_the_others(
+    fresh_url, tmp_path
+):
+    """Upgraded, every row is kept; the links already mailed keep working where the
+    subscription is still the one they were made for (active, suppressed, a pending
+    confirmation, once), and act on nothing where it has ended (unsubscribed) or where the
+    id now belongs to someone else."""
+    from digest.links import read_link
+    from digest.web import create_app
+    from tests.conftest import make_settings
+    from tests.test_hostile_links import CollectingMailer, one_click, post_form
+
+    engine, ids, legacy = store_before_link_keys(fresh_url)
+    before = rows(engine)["subscriber"]
+    assert db.upgrade_schema(engine)
+    assert db.schema_status(engine).current and differences_from_models(engine) == []
+    after = rows(engine)["subscriber"]
+    assert [{k: new[k] for k in old} for old, new in zip(before, after, strict=True)] == before
+    # Live subscriptions keep the key their mailed links read as; the ended one gets its own.
+    keys = {r["email"]: r["link_key"] for r in after}
+    assert len(keys.pop("unsubscribed@example.com")) == 12 and set(keys.values()) == {""}
+    assert all(r["confirm_key"] is None for r in after)
+
+    settings = make_settings(tmp_path, database_url=fresh_url)
+    client = create_app(
+        settings, engine=engine, mailer=CollectingMailer(), clock=lambda: NOW
+    ).test_client()
+
+    def status(name: str) -> tuple[str, list[str]]:
+        with Session(engine) as session:
+            s = session.get(Subscriber, ids[name])
+            return s.status, s.topics
+
+    with Session(engine) as session:
+        for name, purpose in (
+            ("active view", Purpose.VIEW),
+            ("active feedback", Purpose.FEEDBACK),
+            ("suppressed preferences", Purpose.PREFERENCES),
+        ):
+            target = read_link(
+                session=session, secret_key=SECRET, purpose=purpose, token=legacy[name]
+            )
+            assert target.current, name
+    assert client.get(f"/preferences/{legacy['active preferences']}").status_code == 200
+    # A confirmation mailed to a subscribed address does not revert its topics.
+    assert post_form(client, f"/confirm/{legacy['active confirm']}").status_code == 200
+    assert status("active") == ("active", ["active topic"])
+    # The pending address confirms with its link, once.
+    assert post_form(client, f"/confirm/{legacy['pending confirm']}").status_code == 200
+    assert status("pending") == ("active", ["pending confirmed"])
+    r = post_form(client, f"/confirm/{legacy['pending confirm']}")
+    assert r.status_code == 200 and "Already subscribed" in r.get_data(as_text=True)
+    # The ended subscription is not brought back, and says it is unsubscribed.
+    assert post_form(client, f"/confirm/{legacy['unsubscribed confirm']}").status_code == 410
+    assert (
+        one_click(client, f"/unsubscribe/{legacy['unsubscribed unsubscribe']}").status_code == 200
+    )
+    assert status("unsubscribed") == ("unsubscribed", ["unsubscribed topic"])
+    # The newcomer given a removed subscriber's id is not unsubscribed by that one's link.
+    assert one_click(client, f"/unsubscribe/{legacy['old owner unsubscribe']}").status_code == 410
+    assert status("old owner") == ("active", ["mine"])
+    # Live subscriptions' mailed unsubscribe links work (and a second click is friendly).
+    for name in ("active", "suppressed"):
+        assert one_click(client, f"/unsubscribe/{legacy[name + ' unsubscribe']}").status_code == 200
+        assert status(name)[0] == "unsubscribed"
+        again = one_click(client, f"/unsubscribe/{legacy[name + ' unsubscribe']}")
+        assert again.status_code == 200 and "is unsubscribed" in again.get_data(as_text=True)
+    assert post_form(client, f"/confirm/{legacy['active confirm']}").status_code == 410
+    assert status("active") == ("unsubscribed", ["active topic"])
+
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            table_sql = connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'subscriber'"
+            ).scalar_one()
+            assert "AUTOINCREMENT" in table_sql
+    # The removed highest id is never given again, after the table's copy either way.
+    assert db.downgrade_schema(engine, before_link_keys()) and db.upgrade_schema(engine)
+    with Session(engine) as session:
+        newest = Subscriber(email="after@example.com", topics=["x"], created_at=NOW)
+        session.add(newest)
+        session.commit()
+        assert newest.id == ids["last"] + 1
+    engine.dispose()
 
 
 # --- adding a revision -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from digest.mailer import SMTPConfig, SMTPMailer
 from digest.models import Feedback, Paper, Subscriber, SubscriberStatus
 from digest.tokens import Purpose, make_token
 from digest.web import create_app
-from tests.factories import NOW, make_paper
+from tests.factories import NOW, link_token, make_paper
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def active(engine):
 def test_unsubscribe_get_shows_a_button_and_one_click_post_unsubscribes(
     web, engine, active, db_settings
 ):
-    token = make_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, {"s": active.id})
+    token = link_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, active)
     client = web.test_client()
     page = client.get(f"/unsubscribe/{token}")
     assert page.status_code == 200 and "<button" in page.get_data(as_text=True)
@@ -147,13 +147,11 @@ def test_unsubscribe_get_shows_a_button_and_one_click_post_unsubscribes(
 def test_forged_or_altered_unsubscribe_token_is_refused_with_a_clear_page(
     web, engine, active, db_settings, tamper
 ):
-    good = make_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, {"s": active.id})
+    good = link_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, active)
     token = {
-        "forged": make_token(
-            "another-secret-key-0123456789", Purpose.UNSUBSCRIBE, {"s": active.id}
-        ),
+        "forged": link_token("another-secret-key-0123456789", Purpose.UNSUBSCRIBE, active),
         "altered": good[:-3] + ("aaa" if not good.endswith("aaa") else "bbb"),
-        "other-purpose": make_token(db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id}),
+        "other-purpose": link_token(db_settings.secret_key, Purpose.FEEDBACK, active),
         "unknown-subscriber": make_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, {"s": 999}),
     }[tamper]
     r = web.test_client().post(
@@ -178,7 +176,7 @@ def cast_vote(client, url):
 
 def test_feedback_link_records_a_vote_and_thanks(web, engine, active, db_settings):
     # One token per digest says who votes; each link names its paper.
-    token = make_token(db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id})
+    token = link_token(db_settings.secret_key, Purpose.FEEDBACK, active)
     client = web.test_client()
     assert client.get(f"/feedback/{token}/sideways?paper=2606.00001").status_code == 404
     assert client.get(f"/feedback/{token}/up").status_code == 404  # no paper named
@@ -198,9 +196,7 @@ def test_feedback_link_records_a_vote_and_thanks(web, engine, active, db_setting
 def test_feedback_links_of_older_emails_still_work(web, engine, active, db_settings):
     # Emails sent before one token per digest carry the paper in the token; the query is
     # ignored then, so such a link cannot be turned to another paper.
-    token = make_token(
-        db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id, "p": "2606.00001"}
-    )
+    token = link_token(db_settings.secret_key, Purpose.FEEDBACK, active, p="2606.00001")
     r = cast_vote(web.test_client(), f"/feedback/{token}/down?paper=2606.00002")
     assert r.status_code == 200 and "fewer papers like this" in r.get_data(as_text=True)
     with Session(engine) as session:
@@ -209,7 +205,7 @@ def test_feedback_links_of_older_emails_still_work(web, engine, active, db_setti
 
 
 def test_preferences_change_and_bad_values_change_nothing(web, engine, active, db_settings):
-    token = make_token(db_settings.secret_key, Purpose.PREFERENCES, {"s": active.id})
+    token = link_token(db_settings.secret_key, Purpose.PREFERENCES, active)
     client = web.test_client()
     page = client.get(f"/preferences/{token}").get_data(as_text=True)
     form = {
@@ -267,7 +263,7 @@ def test_the_votes_links_of_a_rendered_digest_record_their_own_paper(
 def test_opening_feedback_links_casts_no_vote(web, engine, active, db_settings):
     """Link scanners open every link of an email, 👍 and 👎 alike: opening one shows the
     paper and a button, and only the button votes."""
-    token = make_token(db_settings.secret_key, Purpose.FEEDBACK, {"s": active.id})
+    token = link_token(db_settings.secret_key, Purpose.FEEDBACK, active)
     client = web.test_client()
     for direction in ("up", "down"):
         r = client.get(f"/feedback/{token}/{direction}?paper=2606.00001")

@@ -6,11 +6,12 @@ import pytest
 from sqlmodel import Session, select
 
 from digest import paperstore, subscribers
+from digest.links import link_payload
 from digest.mailer import SMTPConfig, SMTPMailer
 from digest.models import Delivery, Feedback, Subscriber, SubscriberStatus
 from digest.tokens import Purpose, make_token
 from digest.web import create_app
-from tests.factories import NOW, make_paper
+from tests.factories import NOW, link_token, make_paper
 from tests.test_web import csrf_from
 
 OTHER_SECRET = "another-secret-key-0123456789abcdef"
@@ -39,7 +40,7 @@ def snapshot(engine):
 @pytest.fixture
 def stored(engine):
     """A pending and an active subscriber and a paper: an accepted link would change them."""
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         paperstore.upsert_papers(session=session, now=NOW, papers=[make_paper(id="2606.00042")])
         pending = subscribers.add_subscriber(
             session=session,
@@ -51,7 +52,7 @@ def stored(engine):
         active = subscribers.add_subscriber(
             session=session, email="active@example.com", topics=["robots"], now=NOW
         )
-        return {"pending": pending.id, "active": active.id}
+        return {"pending": pending, "active": active}
 
 
 # Each signed link: its purpose, path, methods, and a payload it would act on.
@@ -64,17 +65,19 @@ LINKS = {
 }
 
 
-def payload_for(link, sid):
-    return {
-        "confirm": {"s": sid, "topics": ["hijacked"]},
-        "feedback": {"s": sid, "p": "2606.00042", "v": 1},
-        "view": {"s": sid, "d": NOW.date().isoformat()},
-    }.get(link, {"s": sid})
+def payload_for(link, subscriber):
+    extra = {
+        "confirm": {"topics": ["hijacked"]},
+        "feedback": {"p": "2606.00042", "v": 1},
+        "view": {"d": NOW.date().isoformat()},
+    }.get(link, {})
+    return link_payload(subscriber, **extra)
 
 
-def bad_tokens(link, secret, sid):
+def bad_tokens(link, secret, subscriber):
     purpose = LINKS[link][0]
-    payload = payload_for(link, sid)
+    payload = payload_for(link, subscriber)
+    sid = subscriber.id
     good = make_token(secret, purpose, payload)
     tokens = {
         "forged": make_token(OTHER_SECRET, purpose, payload),
@@ -143,7 +146,7 @@ def test_every_signed_link_refuses_forged_altered_and_wrong_purpose_tokens(
 def test_a_valid_link_does_change_things_so_the_refusals_above_mean_something(
     web, engine, stored, db_settings
 ):
-    token = make_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, {"s": stored["active"]})
+    token = link_token(db_settings.secret_key, Purpose.UNSUBSCRIBE, stored["active"])
     before = snapshot(engine)
     assert web.test_client().post("/unsubscribe/" + token).status_code == 200
     assert snapshot(engine) != before
@@ -157,9 +160,9 @@ def test_forms_without_a_valid_csrf_token_are_refused(
     path = {
         "subscribe": "/subscribe",
         "confirm": "/confirm/"
-        + make_token(db_settings.secret_key, Purpose.CONFIRM, {"s": stored["pending"]}),
+        + link_token(db_settings.secret_key, Purpose.CONFIRM, stored["pending"]),
         "preferences": "/preferences/"
-        + make_token(db_settings.secret_key, Purpose.PREFERENCES, {"s": stored["active"]}),
+        + link_token(db_settings.secret_key, Purpose.PREFERENCES, stored["active"]),
     }[link]
     client = web.test_client()
     client.get("/")  # a session exists; the token in the form is what is missing or wrong
@@ -262,7 +265,7 @@ PREFERENCES_BAD_INPUT = [
 def test_bad_preferences_are_refused_clearly_and_change_nothing(
     web, engine, stored, db_settings, fields, expected
 ):
-    token = make_token(db_settings.secret_key, Purpose.PREFERENCES, {"s": stored["active"]})
+    token = link_token(db_settings.secret_key, Purpose.PREFERENCES, stored["active"])
     client = web.test_client()
     page = client.get(f"/preferences/{token}").get_data(as_text=True)
     before = snapshot(engine)

@@ -13,7 +13,7 @@ from digest.models import SubscriberStatus
 from digest.tokens import Purpose, make_token
 from digest.web import create_app
 from tests.conftest import make_settings
-from tests.factories import NOW
+from tests.factories import NOW, link_token
 from tests.test_web import csrf_from
 
 STRICT_CSP = {
@@ -34,18 +34,18 @@ def make_web(tmp_path, **overrides):
     app.config["TESTING"] = True
     # A view that fails answers with a 500 page, logged, as in production.
     app.config["PROPAGATE_EXCEPTIONS"] = False
-    with Session(engine) as session:
-        sid = subscribers.add_subscriber(
+    with Session(engine, expire_on_commit=False) as session:
+        active = subscribers.add_subscriber(
             session=session, email="active@example.com", topics=["robots"], now=NOW
-        ).id
+        )
         pending = subscribers.add_subscriber(
             session=session,
             email="pending@example.com",
             topics=["robots"],
             now=NOW,
             status=SubscriberStatus.PENDING,
-        ).id
-    return app, settings, sid, pending
+        )
+    return app, settings, active, pending
 
 
 @pytest.fixture
@@ -74,11 +74,11 @@ def assert_defended(response, https=True):
         assert "Strict-Transport-Security" not in response.headers
 
 
-def responses(app, settings, sid):
+def responses(app, settings, active):
     """A normal page, a bad-link page, a refused form post, a 404 and a failing view (500)."""
     client = app.test_client()
     index = client.get("/")
-    token = make_token(settings.secret_key, Purpose.PREFERENCES, {"s": sid})
+    token = link_token(settings.secret_key, Purpose.PREFERENCES, active)
     refused = client.post(
         "/subscribe",
         data={"csrf_token": csrf_from(index.get_data(as_text=True)), "email": "nope"},
@@ -95,8 +95,8 @@ def responses(app, settings, sid):
 
 
 def test_every_response_carries_a_strict_policy_and_the_other_headers(web):
-    app, settings, sid, _ = web
-    got = responses(app, settings, sid)
+    app, settings, active, _ = web
+    got = responses(app, settings, active)
     assert got["index"].status_code == 200 and got["bad link"].status_code == 400
     assert got["refused post"].status_code == 400 and got["no csrf"].status_code == 400
     assert got["not found"].status_code == 404 and got["script"].status_code == 200
@@ -106,15 +106,15 @@ def test_every_response_carries_a_strict_policy_and_the_other_headers(web):
 
 
 def test_a_failing_view_answers_500_with_the_headers(web, monkeypatch):
-    app, settings, sid, _ = web
-    response = fail_preferences(app, settings, sid, monkeypatch)
+    app, settings, active, _ = web
+    response = fail_preferences(app, settings, active, monkeypatch)
     assert response.status_code == 500
     assert_defended(response)
 
 
 def test_pages_hold_no_inline_script_or_style_so_the_policy_costs_nothing(web):
-    app, settings, sid, _ = web
-    got = responses(app, settings, sid)
+    app, settings, active, _ = web
+    got = responses(app, settings, active)
     for name in ("index", "preferences", "bad link", "refused post"):
         html = got[name].get_data(as_text=True)
         assert re.findall(r"<script(?![^>]*\ssrc=)[^>]*>", html) == [], name
@@ -139,21 +139,21 @@ def test_the_session_cookie_is_lax_and_secure_behind_https(web):
 
 
 def test_plain_http_gets_no_hsts_and_a_cookie_it_can_send(tmp_path):
-    app, settings, sid, _ = make_web(tmp_path, base_url="http://127.0.0.1:8000")
+    app, settings, active, _ = make_web(tmp_path, base_url="http://127.0.0.1:8000")
     index = app.test_client().get("/")
     assert_defended(index, https=False)
     cookie = index.headers["Set-Cookie"]
     assert "SameSite=Lax" in cookie and "Secure" not in cookie
 
 
-def fail_preferences(app, settings, sid, monkeypatch):
+def fail_preferences(app, settings, active, monkeypatch):
     """POST a valid preferences form whose store call fails: a 500."""
 
     def broken(**_kwargs):
         raise RuntimeError("store unavailable")
 
     monkeypatch.setattr(subscribers, "update_preferences", broken)
-    token = make_token(settings.secret_key, Purpose.PREFERENCES, {"s": sid})
+    token = link_token(settings.secret_key, Purpose.PREFERENCES, active)
     client = app.test_client()
     page = client.get(f"/preferences/{token}").get_data(as_text=True)
     return client.post(
@@ -164,15 +164,15 @@ def fail_preferences(app, settings, sid, monkeypatch):
 
 def test_logs_hold_no_token_signed_link_or_secret(web, monkeypatch, caplog):
     """The bad-input requests and a 500 on a signed link, with every logger recording."""
-    app, settings, sid, pending = web
+    app, settings, active, pending = web
     secret = settings.secret_key
     tokens = [
-        make_token(secret, Purpose.PREFERENCES, {"s": sid}),
-        make_token(secret, Purpose.UNSUBSCRIBE, {"s": sid}),
-        make_token(secret, Purpose.CONFIRM, {"s": pending}),
-        make_token(secret, Purpose.VIEW, {"s": sid, "d": NOW.date().isoformat()}),
-        make_token(secret, Purpose.FEEDBACK, {"s": sid, "p": "2606.00042", "v": 1}),
-        make_token("another-secret-key-0123456789abcdef", Purpose.PREFERENCES, {"s": sid}),
+        link_token(secret, Purpose.PREFERENCES, active),
+        link_token(secret, Purpose.UNSUBSCRIBE, active),
+        link_token(secret, Purpose.CONFIRM, pending),
+        link_token(secret, Purpose.VIEW, active, d=NOW.date().isoformat()),
+        link_token(secret, Purpose.FEEDBACK, active, p="2606.00042", v=1),
+        link_token("another-secret-key-0123456789abcdef", Purpose.PREFERENCES, active),
         make_token(secret, Purpose.PREFERENCES, {"s": 99999}),
     ]
     caplog.set_level(logging.DEBUG)
@@ -184,7 +184,7 @@ def test_logs_hold_no_token_signed_link_or_secret(web, monkeypatch, caplog):
             data={"csrf_token": csrf_from(page), "topics": "robots", "timezone": zone},
         )
         assert r.status_code == 400
-    assert fail_preferences(app, settings, sid, monkeypatch).status_code == 500
+    assert fail_preferences(app, settings, active, monkeypatch).status_code == 500
     for token in tokens:
         for path in ("confirm", "unsubscribe", "preferences", "feedback", "digest"):
             app.test_client().get(f"/{path}/{token}").close()
@@ -214,8 +214,8 @@ def test_no_value_of_any_form_field_answers_a_500(tmp_path):
     """Every field of the subscribe and preferences forms, each hostile value: a page, never a
     server error (issue 17, item 7)."""
     limits = {"subscribe_limit_per_client": "1000/hour", "subscribe_limit_per_address": "1000/hour"}
-    app, settings, sid, _ = make_web(tmp_path, **limits)
-    token = make_token(settings.secret_key, Purpose.PREFERENCES, {"s": sid})
+    app, settings, active, _ = make_web(tmp_path, **limits)
+    token = link_token(settings.secret_key, Purpose.PREFERENCES, active)
     client = app.test_client()
     csrf = csrf_from(client.get("/").get_data(as_text=True))
     base = {"csrf_token": csrf, "email": "new@example.com", "topics": "robots", "timezone": "UTC"}
@@ -235,8 +235,8 @@ def test_no_value_of_any_form_field_answers_a_500(tmp_path):
 def test_the_servers_log_line_of_a_signed_path_loses_its_token(web, caplog):
     """waitress logs the path when a client disconnects mid-request: the app's filter blanks
     the token before any handler sees it."""
-    _, settings, sid, _ = web
-    token = make_token(settings.secret_key, Purpose.PREFERENCES, {"s": sid})
+    _, settings, active, _ = web
+    token = link_token(settings.secret_key, Purpose.PREFERENCES, active)
     caplog.set_level(logging.INFO)
     logging.getLogger("waitress").info(
         "Client disconnected while serving %s", f"/preferences/{token}"

@@ -1,6 +1,6 @@
 """The admin command line (`digest`), one module per command group: send (send, preview, demo,
-why), subscribers (subscribers, unsubscribes), papers (ingest, papers, seeds, rank) and admin
-(status, check, serve), database (db)."""
+why), deliveries (list, release), subscribers (subscribers, unsubscribes, bounces), papers
+(ingest, papers, seeds, rank), admin (status, check, serve) and database (db)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from digest.cli import admin, database, papers, send, subscribers
+from digest.cli import admin, database, deliveries, papers, send, subscribers
 from digest.cli.common import App
 from digest.config import Settings, describe_settings_error
 from digest.errorreport import init_error_reporting
@@ -40,6 +40,7 @@ for command in (
     send.preview,
     send.demo,
     send.why,
+    deliveries.deliveries,
     admin.status,
     admin.check,
     admin.serve,
@@ -49,6 +50,7 @@ for command in (
     papers.rank,
     subscribers.subscribers,
     subscribers.unsubscribes,
+    subscribers.bounces,
     database.db_group,
 ):
     main.add_command(command)

@@ -24,6 +24,8 @@ def print_summary(summary: delivery.SendSummary, *, verbose: bool = True) -> Non
     click.echo(
         f"{verb} {len(summary.sent)}, skipped {len(summary.skipped)}, "
         f"failed {len(summary.failed)}"
+        + (f", unconfirmed {len(summary.unconfirmed)}" if summary.unconfirmed else "")
+        + (f", left to another sender {summary.stopped}" if summary.stopped else "")
         + (f" (digest date {summary.digest_date})" if summary.digest_date else "")
     )
     if verbose:
@@ -33,8 +35,14 @@ def print_summary(summary: delivery.SendSummary, *, verbose: bool = True) -> Non
             click.echo(f"  {'skipped':>10}  {email}: {reason}")
         for email, reason in summary.failed:
             click.echo(f"  {'failed':>10}  {email}: {reason}")
+        for email, reason in summary.unconfirmed:
+            click.echo(f"  {'unconfirmed':>10}  {email}: {reason}")
     else:
-        for label, items in (("skipped", summary.skipped), ("failed", summary.failed)):
+        for label, items in (
+            ("skipped", summary.skipped),
+            ("failed", summary.failed),
+            ("unconfirmed", summary.unconfirmed),
+        ):
             for reason, count in delivery.count_reasons(items).items():
                 click.echo(f"  {label}: {count} ({reason})")
 
@@ -74,6 +82,7 @@ def _send(
                 dry_run=dry_run,
                 progress=progress,
                 on_total=on_total,
+                clock=now_utc,
             )
         except UserError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -117,7 +126,7 @@ def send(
     print_summary(summary, verbose=len(summary.sent) + len(summary.skipped) <= 50)
     if app.settings.mailer == "file" and summary.sent and not dry_run:
         click.echo(f"Messages are in {app.settings.outbox_dir.resolve()}")
-    if summary.failed:
+    if summary.failed or summary.unconfirmed:
         sys.exit(1)
 
 

@@ -1,8 +1,11 @@
-"""Subscribers: `digest subscribers add/list/remove` and `unsubscribes process`."""
+"""Subscribers: `digest subscribers add/list/remove/unsuppress`, and the mail that comes back:
+`unsubscribes process` and `bounces process`."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -93,6 +96,43 @@ def subscribers_remove(app: App, email: str) -> None:
     click.echo(f"Removed {email}.")
 
 
+@subscribers.command("unsuppress")
+@click.argument("email")
+@pass_app
+def subscribers_unsuppress(app: App, email: str) -> None:
+    """Make a suppressed address active again (its failure count starts from zero).
+
+    Its bounces, its failed deliveries and the suppression itself stay in the store.
+    """
+    from digest.suppression import lift_suppression
+
+    with app.session() as session:
+        try:
+            lifted = lift_suppression(session=session, email=email, now=now_utc())
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{lifted.email} is active again (suppressed after {lifted.failures} permanent "
+        f"failures; {lifted.bounces} bounce(s) by mail kept in its history)"
+    )
+    if lifted.last_bounce:
+        click.echo(f"  last bounce: {lifted.last_bounce}")
+
+
+@contextmanager
+def _mailbox_progress(path: Path) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the messages of the mailbox at PATH; a path that is no mailbox is
+    one line."""
+    from digest import inbound
+
+    try:
+        total = inbound.count_messages(path)
+        with click.progressbar(length=total, label=f"Reading {path.name}", file=sys.stderr) as bar:
+            yield bar.update
+    except inbound.MailboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 def unsubscribes() -> None:
     """Unsubscribe requests sent to the List-Unsubscribe mailto: address."""
@@ -111,21 +151,14 @@ def unsubscribes_process(app: App, path: Path) -> None:
     """
     from digest import inbound
 
-    try:
-        total = inbound.count_messages(path)
-        with (
-            app.session() as session,
-            click.progressbar(length=total, label=f"Reading {path.name}", file=sys.stderr) as bar,
-        ):
-            report = inbound.process_unsubscribe_requests(
-                session=session,
-                secret_key=app.settings.secret_key,
-                messages=inbound.read_mailbox(path),
-                now=now_utc(),
-                progress=bar.update,
-            )
-    except inbound.MailboxError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with app.session() as session, _mailbox_progress(path) as progress:
+        report = inbound.process_unsubscribe_requests(
+            session=session,
+            secret_key=app.settings.secret_key,
+            messages=inbound.read_mailbox(path),
+            now=now_utc(),
+            progress=progress,
+        )
     click.echo(
         f"processed {report.processed}, unsubscribed {report.count('unsubscribed')}, "
         f"already unsubscribed {report.count('already unsubscribed')}, "
@@ -135,3 +168,39 @@ def unsubscribes_process(app: App, path: Path) -> None:
         who = o.email or o.sender or "(no sender)"
         detail = f": {o.reason}" if o.reason else ""
         click.echo(f"  {o.result:>20}  {who} [message {o.key}]{detail}")
+
+
+@click.group()
+def bounces() -> None:
+    """Bounces that come back by mail, to the bounce address of each digest."""
+
+
+@bounces.command("process")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@pass_app
+def bounces_process(app: App, path: Path) -> None:
+    """Record the bounces in PATH (an mbox file or a maildir).
+
+    Each is tied to its delivery by the signed token of its bounce address, else by the failed
+    address; the delivery is marked failed with the reason, and hard bounces count towards
+    suppressing the address like SMTP 5xx answers. A malformed message is reported and
+    skipped. Each message is remembered once read: processing the same mailbox again
+    changes nothing.
+    """
+    from digest import inbound
+    from digest.bounces import process
+
+    with app.session() as session, _mailbox_progress(path) as progress:
+        run = process.process_bounces(
+            session=session,
+            settings=app.settings,
+            messages=inbound.read_mailbox(path),
+            now=now_utc(),
+            progress=progress,
+        )
+    counts = ", ".join(f"{result} {run.count(result)}" for result in process.RESULTS)
+    click.echo(f"processed {run.messages}: {counts}")
+    for o in run.outcomes:
+        delivery = f" delivery {o.delivery_id} (by {o.tied_by})" if o.delivery_id else ""
+        detail = f": {o.reason}" if o.reason else ""
+        click.echo(f"  {o.result:>16}  {o.address or '-'}{delivery} [message {o.key}]{detail}")

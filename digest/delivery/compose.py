@@ -18,7 +18,7 @@ from digest.delivery.corpus_cache import CorpusCache
 from digest.delivery.planner import status_reason, window_of
 from digest.delivery.store import Claim
 from digest.digests import digest_context, empty_reason, profiles_for, ranking_config
-from digest.envelope import envelope
+from digest.envelope import bounce_address, envelope
 from digest.models import Delivery, DeliveryItem, Paper, Subscriber
 from digest.ranking import Pick, rank_prepared
 from digest.render import Mail, render_digest
@@ -156,7 +156,13 @@ def _message(
         papers=papers,
     )
     # The Message-ID was drawn at planning: a retried message is the same message.
-    mail_envelope = envelope(settings, subscriber.email, now, delivery.message_id)
+    mail_envelope = envelope(
+        settings,
+        subscriber.email,
+        now,
+        delivery.message_id,
+        return_path=bounce_address(settings, delivery.id),
+    )
     return render_digest(settings.templates_dir, context, mail_envelope)
 
 

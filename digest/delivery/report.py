@@ -30,12 +30,18 @@ class SendSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     # Deliveries that failed temporarily and will be tried again at the given moment.
     retry: list[tuple[int, dt.datetime]] = field(default_factory=list)
+    # Handed over, answer lost: maybe delivered (address, reason).
+    unconfirmed: list[tuple[str, str]] = field(default_factory=list)
+    # Claimed but not sent by this sender: its lease was lost (taken over, or not renewable).
+    stopped: int = 0
 
     def merge(self, other: SendSummary) -> None:
         self.sent.extend(other.sent)
         self.skipped.extend(other.skipped)
         self.failed.extend(other.failed)
         self.retry.extend(other.retry)
+        self.unconfirmed.extend(other.unconfirmed)
+        self.stopped += other.stopped
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +51,8 @@ class SendSummary:
             "skipped": len(self.skipped),
             "failed": len(self.failed),
             "retrying": len(self.retry),
+            "unconfirmed": len(self.unconfirmed),
+            "stopped": self.stopped,
             "skipped_by_reason": count_reasons(self.skipped),
             "failed_by_reason": count_reasons(self.failed),
         }
@@ -84,10 +92,57 @@ def start_send_run(*, session: Session, now: dt.datetime) -> Run:
 
 def finish_send_run(*, session: Session, run: Run, summary: SendSummary, now: dt.datetime) -> None:
     run.finished_at = now
-    run.status = "ok" if not summary.failed else "partial"
+    run.status = (
+        "ok" if not (summary.failed or summary.unconfirmed or summary.stopped) else "partial"
+    )
     run.summary = summary.as_dict()
     session.add(run)
     session.commit()
+
+
+def record_batch(
+    *, session: Session, summary: SendSummary, started: dt.datetime, finished: dt.datetime
+) -> Run:
+    """A worker's send batch, as a run `digest status` can sum: what it sent, skipped, failed,
+    left unconfirmed or to another sender."""
+    outcome = summary.as_dict()
+    run = Run(
+        kind="batch",
+        started_at=started,
+        finished_at=finished,
+        status="ok"
+        if not (summary.failed or summary.unconfirmed or summary.stopped)
+        else "partial",
+        summary={k: v for k, v in outcome.items() if k != "dry_run"},
+    )
+    session.add(run)
+    session.commit()
+    log.info(
+        "batch_finished sent=%d skipped=%d failed=%d unconfirmed=%d stopped=%d",
+        len(summary.sent),
+        len(summary.skipped),
+        len(summary.failed),
+        len(summary.unconfirmed),
+        summary.stopped,
+    )
+    return run
+
+
+def record_task_failure(
+    *, session: Session, task: str, error: BaseException | None, now: dt.datetime
+) -> Run:
+    """A worker task that failed for good (after its retries)."""
+    text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+    run = Run(
+        kind="task",
+        started_at=now,
+        finished_at=now,
+        status="failed",
+        summary={"task": task, "error": text.splitlines()[0][:500] if text else text},
+    )
+    session.add(run)
+    session.commit()
+    return run
 
 
 def record_stopped_run(
@@ -135,7 +190,7 @@ def why(
         reason = _not_planned_reason(subscriber, settings, day, now)
         lines.append(f"{day.isoformat()}: nothing sent: {reason}")
         return lines
-    lines.append(_delivery_line(delivery))
+    lines.append(describe_delivery(delivery))
     items = session.execute(
         select(DeliveryItem, col(Paper.title))
         .join(Paper, col(Paper.id) == col(DeliveryItem.paper_id))
@@ -160,7 +215,7 @@ def _not_planned_reason(
     )
 
 
-def _delivery_line(delivery: Delivery) -> str:
+def describe_delivery(delivery: Delivery) -> str:
     head = f"{delivery.digest_date.isoformat()}: {delivery.state}"
     if delivery.state == DeliveryState.SENT and delivery.sent_at:
         head += f" at {delivery.sent_at.strftime('%H:%M:%S UTC')}"
@@ -170,6 +225,18 @@ def _delivery_line(delivery: Delivery) -> str:
         head += f" ({delivery.attempts} attempts)"
     if delivery.retry_at:
         head += f"; next attempt {delivery.retry_at.strftime('%Y-%m-%d %H:%M UTC')}"
+    if delivery.state == DeliveryState.SENDING and delivery.lease_until:
+        head += (
+            f"; held by {delivery.claimed_by or 'a sender'} until "
+            f"{delivery.lease_until.strftime('%H:%M:%S UTC')} (then free for another sender)"
+        )
+    if delivery.state == DeliveryState.PLANNED:
+        head += (
+            f"; planned at {delivery.updated_at.strftime('%H:%M:%S UTC')}, waiting for a "
+            "worker (the sweeper queues it again if no queued task carries it)"
+        )
+    if delivery.state == DeliveryState.UNCONFIRMED:
+        head += "; not sent again unless released: digest deliveries release"
     return head
 
 

@@ -1,17 +1,21 @@
 """A delivery's states and the moves between them, defined once: which rows a sender may take
-(claim), which a sweeper queues again (stuck), and what claiming, marking sent and setting any
-other state write.
+(claim), which a sweeper queues again (stuck), and what claiming, renewing, marking sent and
+setting any other state write.
 
     planned -> sending -> sent | skipped | failed (retry_at: tried again from then on)
-               ^ lease ran out (the worker died): another sender may take it over
+               |   ^ lease ran out (the worker died): another sender may take it over
+               +-> unconfirmed (dropped after the whole message went out: held, or released)
 
-Ownership (a claim token checked when marking a row sent or failed) belongs here too: the
-claim statement and the outcome statements below are the only places a row's state changes.
+Ownership: a claim writes a fresh token into its rows; renewing the lease and every outcome
+statement name that token, so a sender whose lease ran out (and whose rows another sender took
+over) changes nothing and learns that the rows are gone. The claim statement and the outcome
+statements below are the only places a row's state changes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
@@ -65,9 +69,16 @@ def sendable_again(now: dt.datetime, settings: Settings) -> ColumnElement[bool]:
 
 
 def claim_statement(
-    ids: ColumnElement[bool], *, now: dt.datetime, settings: Settings, retry_now: bool
+    ids: ColumnElement[bool],
+    *,
+    now: dt.datetime,
+    settings: Settings,
+    retry_now: bool,
+    token: str,
+    holder: str,
 ) -> Any:
-    """Take the claimable deliveries among `ids`: sending, under a lease, one more attempt.
+    """Take the claimable deliveries among `ids`: sending, under a lease and this claim's
+    token, one more attempt.
 
     An explicit send (`retry_now`) retries at once what is waiting for a retry."""
     retry_before = now + dt.timedelta(days=1) if retry_now else now
@@ -81,37 +92,65 @@ def claim_statement(
             attempts=col(Delivery.attempts) + 1,
             updated_at=now,
             retry_at=None,
+            claim_token=token,
+            claimed_by=holder,
         )
         .returning(col(Delivery.id))
     )
 
 
-# Built once: executing the same statement object reuses SQLAlchemy's compiled form.
+def _owned() -> ColumnElement[bool]:
+    """The row still belongs to the claim named by the `token` parameter."""
+    return and_(
+        col(Delivery.id) == bindparam("delivery_id"),
+        col(Delivery.state) == DeliveryState.SENDING.value,
+        col(Delivery.claim_token) == bindparam("token"),
+    )
+
+
+# A live sender's lease renewal: the rows of its claim that are still its own, under a new
+# lease. Those missing from the answer were taken over (its lease had run out).
+RENEW = (
+    update(Delivery)
+    .where(col(Delivery.claim_token) == bindparam("token"))
+    .where(col(Delivery.state) == DeliveryState.SENDING.value)
+    .values(lease_until=bindparam("until", type_=UTCDateTime()))
+    .returning(col(Delivery.id))
+)
+
+
+# Built once: executing the same statement object reuses SQLAlchemy's compiled form. An
+# outcome ends the lease and keeps the claim's token, which says which claim wrote it (an
+# outcome write retried after a lost connection finds its own earlier commit by it).
+_ENDED = {"lease_until": None}
+
+# Any outcome but "sent", for a row this claim still owns (parameter `token`).
 SET_STATE = (
     update(Delivery)
-    .where(col(Delivery.id) == bindparam("delivery_id"))
+    .where(_owned())
     .values(
         state=bindparam("state"),
         reason=bindparam("reason"),
         updated_at=bindparam("now", type_=UTCDateTime()),
-        lease_until=None,
         retry_at=bindparam("retry_at", type_=UTCDateTime()),
+        **_ENDED,
     )
 )
 
 # "Sent": the statement run right after the SMTP server accepted a message, 100,000 times a
-# day. Parameters: `now` and `delivery_id`. The PostgreSQL store runs this same statement,
-# compiled once, as a server-side prepared statement (digest.delivery.store).
+# day. Parameters: `now`, `delivery_id` and `token`; it changes nothing (rowcount 0) when the
+# row is no longer this claim's. The PostgreSQL store runs this same statement, compiled once,
+# as a server-side prepared statement (digest.delivery.store).
 MARK_SENT = (
     update(Delivery)
-    .where(col(Delivery.id) == bindparam("delivery_id"))
+    .where(_owned())
     .values(
         state=DeliveryState.SENT.value,
         reason=None,
         updated_at=bindparam("now", type_=UTCDateTime()),
-        lease_until=None,
         retry_at=None,
         sent_at=bindparam("now", type_=UTCDateTime()),
+        **_ENDED,
     )
 )
 
@@ -122,17 +161,20 @@ def set_state(
     state: DeliveryState,
     now: dt.datetime,
     *,
+    token: str,
     reason: str | None = None,
     retry_at: dt.datetime | None = None,
-) -> None:
-    """Move a delivery to `state` (not "sent": see MARK_SENT) and commit; its lease ends."""
+) -> bool:
+    """Move a delivery of the claim `token` to `state` and commit; its lease ends. False (and
+    nothing changed) when the row is no longer this claim's."""
     if state == DeliveryState.SENT:
-        db.execute(MARK_SENT, {"delivery_id": delivery_id, "now": now})
+        result = db.execute(MARK_SENT, {"delivery_id": delivery_id, "now": now, "token": token})
     else:
-        db.execute(
+        result = db.execute(
             SET_STATE,
             {
                 "delivery_id": delivery_id,
+                "token": token,
                 "state": state.value,
                 "reason": reason,
                 "now": now,
@@ -140,6 +182,57 @@ def set_state(
             },
         )
     db.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_claim(token: str) -> Any:
+    """Give a claim's rows that are still `sending` back to `planned` (the batch broke before
+    sending them), so that the sweeper or a retried task takes them at once."""
+    return (
+        update(Delivery)
+        .where(col(Delivery.claim_token) == token)
+        .where(col(Delivery.state) == DeliveryState.SENDING.value)
+        .values(
+            state=DeliveryState.PLANNED.value,
+            lease_until=None,
+            updated_at=bindparam("now", type_=UTCDateTime()),
+        )
+    )
+
+
+def written_by(
+    db: Session | DBConnection, delivery_id: int, state: DeliveryState, token: str
+) -> bool:
+    """Whether the row is in `state`, written by the claim `token`: an outcome write whose
+    answer was lost with its connection may have committed before it was tried again."""
+    row = db.execute(
+        select(col(Delivery.state), col(Delivery.claim_token)).where(
+            col(Delivery.id) == delivery_id
+        )
+    ).first()
+    return row is not None and tuple(row) == (state.value, token)
+
+
+def release_unconfirmed(
+    session: Session, delivery_ids: list[int], now: dt.datetime, *, by: str
+) -> list[int]:
+    """An operator's decision on unconfirmed deliveries: send them again (now due for a
+    retry). Returns the ids released; the caller commits."""
+    if not delivery_ids:
+        return []
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_(delivery_ids))
+        .where(col(Delivery.state) == DeliveryState.UNCONFIRMED.value)
+        .values(
+            state=DeliveryState.FAILED.value,
+            retry_at=now,
+            updated_at=now,
+            reason=Delivery.reason + f" (released by {by})",  # type: ignore[operator]
+        )
+        .returning(col(Delivery.id))
+    )
+    return [row[0] for row in result]
 
 
 def backoff(attempt: int, base: float, cap: float = 3600.0) -> float:
@@ -156,9 +249,16 @@ def next_attempt(
     return None if retry_at > deadline else retry_at
 
 
-def stuck_deliveries(*, session: Session, settings: Settings, now: dt.datetime) -> list[int]:
-    """Deliveries to queue again (see `stuck`), oldest first; the planned ones are touched so
-    that the next sweep does not queue them again at once."""
+def stuck_deliveries(
+    *,
+    session: Session,
+    settings: Settings,
+    now: dt.datetime,
+    queued: Collection[int] | None = None,
+) -> list[int]:
+    """Deliveries to queue again (see `stuck`), oldest first, except those a queued or running
+    task carries (`queued`, read from the broker by the caller); the planned ones are touched
+    so that the next sweep does not queue them again at once."""
     # Only recent digests can be stuck: planned within the catch-up window, retried until the
     # deadline, in any time zone. The date index narrows the search to them.
     horizon = now - dt.timedelta(hours=settings.catchup_hours + settings.retry_deadline_hours + 48)
@@ -168,12 +268,45 @@ def stuck_deliveries(*, session: Session, settings: Settings, now: dt.datetime) 
         .where(stuck(now, settings))
         .order_by(col(Delivery.id))
     )
-    ids = [row[0] for row in session.execute(statement)]
+    carried = set(queued or ())
+    ids = [row[0] for row in session.execute(statement) if row[0] not in carried]
     if ids:
-        session.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids), col(Delivery.state) == DeliveryState.PLANNED.value)
-            .values(updated_at=now)
-        )
+        for start in range(0, len(ids), 5000):
+            session.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.id).in_(ids[start : start + 5000]),
+                    col(Delivery.state) == DeliveryState.PLANNED.value,
+                )
+                .values(updated_at=now)
+            )
         session.commit()
     return ids
+
+
+# "Bounced": a digest that went out came back by mail (digest.bounces.process): failed for
+# good, with the bounce's reason. A bounce settles what the sender could not know: an
+# unconfirmed row (dropped after the whole message went out), or one released for another
+# attempt, did reach a server, and must not go out again. Rows in any other state (a claim
+# may hold them) do not move; the statement returns the id of a row it moved.
+MARK_BOUNCED = (
+    update(Delivery)
+    .where(
+        col(Delivery.id) == bindparam("delivery_id"),
+        or_(
+            col(Delivery.state).in_([DeliveryState.SENT.value, DeliveryState.UNCONFIRMED.value]),
+            and_(
+                col(Delivery.state) == DeliveryState.FAILED.value,
+                col(Delivery.retry_at).is_not(None),
+            ),
+        ),
+    )
+    .values(
+        state=DeliveryState.FAILED.value,
+        reason=bindparam("reason"),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        lease_until=None,
+        retry_at=None,
+    )
+    .returning(col(Delivery.id))
+)

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator, Sequence
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,9 +28,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from digest.config import Settings
-from digest.db import one_of
+from digest.db import is_transient, one_of
 from digest.delivery import state
 from digest.models import Delivery, DeliveryItem, DeliveryState, UTCDateTime
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A planned delivery as the planner hands it over: subscriber, digest date, Message-ID.
 PlannedRow = tuple[int, dt.date, str]
@@ -33,29 +41,132 @@ PlannedRow = tuple[int, dt.date, str]
 
 @dataclass(frozen=True)
 class Claim:
-    """The deliveries one sender took, and until when they are its own.
-
-    Outcomes are written for a claim (`DeliveryStore.outcomes`): this is where a fencing token
-    goes, so that a sender whose lease ran out cannot mark another sender's rows.
-    """
+    """The deliveries one sender took, until when they are its own, and the fencing token its
+    outcomes and lease renewals name (digest.delivery.state), so that a sender whose lease ran
+    out cannot mark, or keep, the rows another sender took over since."""
 
     ids: list[int]
     lease_until: dt.datetime
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
+def holder_name() -> str:
+    """Who holds a claim, for `digest why`: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:255]
+
+
 class OutcomeWriter:
     """Writes the outcome of each message of a claim, one autocommitted statement each, right
-    after the server answered: no ORM bookkeeping on the hot path."""
+    after the server answered: no ORM bookkeeping on the hot path.
 
-    def __init__(self, db: DBConnection, claim: Claim | None = None) -> None:
-        self.db = db
+    A database that goes away meanwhile (a restart, a network blip) costs seconds: each write is
+    tried again on a new connection, with backoff, for up to `db_retry_seconds`, and the message
+    it records is never sent again meanwhile. Each method returns False when the row is no
+    longer this claim's (taken over after its lease ran out)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        claim: Claim,
+        *,
+        retry_seconds: float = 120.0,
+        durable: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.engine = engine
         self.claim = claim
+        self.retry_seconds = retry_seconds
+        self.durable = durable
+        self.sleep = sleep
+        self._db: DBConnection | None = None
 
-    def mark_sent(self, delivery_id: int, now: dt.datetime) -> None:
-        self.db.execute(state.MARK_SENT, {"delivery_id": delivery_id, "now": now})
+    @property
+    def db(self) -> DBConnection:
+        if self._db is None:
+            db = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                self.prepare(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def prepare(self, db: DBConnection) -> None:
+        """Per-connection setup (a new one after each reconnect)."""
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self.cleanup(self._db)
+            finally:
+                self._db.close()
+                self._db = None
+
+    def cleanup(self, db: DBConnection) -> None:
+        """Undo `prepare` before the connection goes back to the pool."""
+
+    def _lost(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.invalidate()
+                self._db.close()
+            except Exception:  # noqa: BLE001 - the connection is broken already
+                pass
+            self._db = None
+
+    def retrying(self, write: Callable[[DBConnection], T], what: str) -> T:
+        """Run `write` on this writer's connection; a transient database error is tried again
+        on a new connection, with backoff, up to `retry_seconds`."""
+        waited, attempt = 0.0, 0
+        while True:
+            try:
+                return write(self.db)
+            except Exception as exc:
+                if not is_transient(exc) or waited >= self.retry_seconds:
+                    raise
+                attempt += 1
+                pause = min(5.0, 0.1 * 2**attempt, self.retry_seconds - waited)
+                log.warning(
+                    "outcome_write_retry what=%s attempt=%d wait=%.1fs error=%s",
+                    what,
+                    attempt,
+                    pause,
+                    exc.__class__.__name__,
+                )
+                self._lost()
+                self.sleep(pause)
+                waited += pause
+
+    def _outcome(
+        self, delivery_id: int, new_state: DeliveryState, write: Callable[[DBConnection], bool]
+    ) -> bool:
+        """Write one outcome; after a lost connection, an earlier attempt may have committed:
+        the row then carries this claim's token in the new state."""
+        tries = 0
+
+        def attempt(db: DBConnection) -> bool:
+            nonlocal tries
+            tries += 1
+            if write(db):
+                return True
+            return tries > 1 and state.written_by(db, delivery_id, new_state, self.claim.token)
+
+        return self.retrying(attempt, f"{new_state.value} delivery={delivery_id}")
+
+    def mark_sent(self, delivery_id: int, now: dt.datetime) -> bool:
+        return self._outcome(
+            delivery_id, DeliveryState.SENT, lambda db: self._mark_sent(db, delivery_id, now)
+        )
+
+    def _mark_sent(self, db: DBConnection, delivery_id: int, now: dt.datetime) -> bool:
+        result = db.execute(
+            state.MARK_SENT, {"delivery_id": delivery_id, "now": now, "token": self.claim.token}
+        )
+        return bool(result.rowcount)
 
     def set_state(
         self,
@@ -65,8 +176,24 @@ class OutcomeWriter:
         *,
         reason: str | None = None,
         retry_at: dt.datetime | None = None,
-    ) -> None:
-        state.set_state(self.db, delivery_id, new_state, now, reason=reason, retry_at=retry_at)
+    ) -> bool:
+        return self._outcome(
+            delivery_id,
+            new_state,
+            lambda db: state.set_state(
+                db,
+                delivery_id,
+                new_state,
+                now,
+                token=self.claim.token,
+                reason=reason,
+                retry_at=retry_at,
+            ),
+        )
+
+    def execute(self, statement: Any) -> Any:
+        """Any other statement of the outcome path (bounce counts), with the same retries."""
+        return self.retrying(lambda db: db.execute(statement), "bounce count")
 
 
 class DeliveryStore:
@@ -98,29 +225,52 @@ class DeliveryStore:
         """Atomically take the deliveries among these that are free to send (see
         `state.claimable`), and commit."""
         lease_until = now + dt.timedelta(seconds=settings.lease_seconds)
+        token = secrets.token_hex(16)
         if not delivery_ids:
-            return Claim([], lease_until)
+            return Claim([], lease_until, token)
         statement = state.claim_statement(
             one_of(session, col(Delivery.id), delivery_ids),
             now=now,
             settings=settings,
             retry_now=retry_now,
+            token=token,
+            holder=holder_name(),
         )
         claimed = [row[0] for row in session.execute(statement)]
         session.commit()
-        return Claim(claimed, lease_until)
+        return Claim(claimed, lease_until, token)
 
     @contextmanager
-    def outcomes(self, session: Session, claim: Claim) -> Iterator[OutcomeWriter]:
+    def outcomes(
+        self, session: Session, claim: Claim, settings: Settings
+    ) -> Iterator[OutcomeWriter]:
         """A writer for the outcomes of `claim`, on its own autocommit connection."""
         engine = session.get_bind()
         if not isinstance(engine, Engine):
             raise TypeError("outcomes are written through an engine's connection")
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
-            yield self.writer(db, claim)
+        writer = self.writer(
+            engine,
+            claim,
+            retry_seconds=settings.db_retry_seconds,
+            durable=settings.outcome_commit == "durable",
+        )
+        try:
+            yield writer
+        finally:
+            try:
+                writer.close()
+            except Exception as exc:  # noqa: BLE001 - the outcomes are written already
+                log.warning("outcome_writer_close_failed error=%s", exc.__class__.__name__)
 
-    def writer(self, db: DBConnection, claim: Claim | None = None) -> OutcomeWriter:
-        return OutcomeWriter(db, claim)
+    def writer(
+        self,
+        engine: Engine,
+        claim: Claim,
+        *,
+        retry_seconds: float = 120.0,
+        durable: bool = True,
+    ) -> OutcomeWriter:
+        return OutcomeWriter(engine, claim, retry_seconds=retry_seconds, durable=durable)
 
 
 class SQLiteDeliveryStore(DeliveryStore):
@@ -205,27 +355,21 @@ class PostgresDeliveryStore(DeliveryStore):
         session.execute(text(f"ANALYZE {Delivery.__tablename__}"))
         session.commit()
 
-    @contextmanager
-    def outcomes(self, session: Session, claim: Claim) -> Iterator[OutcomeWriter]:
-        with super().outcomes(session, claim) as writer:
-            # Each outcome is its own commit; not waiting for the WAL flush makes that cheap.
-            # A worker that dies loses nothing (the commit is in the server); only a crash of
-            # PostgreSQL itself could lose the last fraction of a second of "sent" marks, and
-            # those digests would then go out again: at-least-once in that one case.
-            writer.db.exec_driver_sql("SET synchronous_commit TO OFF")
-            writer.db.commit()
-            yield writer
-            writer.db.exec_driver_sql("RESET synchronous_commit")  # the pooled connection is shared
-            writer.db.commit()
-
-    def writer(self, db: DBConnection, claim: Claim | None = None) -> OutcomeWriter:
-        return PostgresOutcomeWriter(db, claim)
+    def writer(
+        self,
+        engine: Engine,
+        claim: Claim,
+        *,
+        retry_seconds: float = 120.0,
+        durable: bool = True,
+    ) -> OutcomeWriter:
+        return PostgresOutcomeWriter(engine, claim, retry_seconds=retry_seconds, durable=durable)
 
 
-def _mark_sent_for_libpq() -> tuple[bytes, bytes, list[bytes | None], int, int]:
+def _mark_sent_for_libpq() -> tuple[bytes, bytes, list[bytes | None], int, int, int]:
     """`state.MARK_SENT` as PostgreSQL text with $n placeholders, its statement name (from
     its text, so a pooled connection never runs an older version under the same name), its
-    constant parameters, and the positions of `now` and `delivery_id` among them."""
+    constant parameters, and the positions of `now`, `delivery_id` and `token` among them."""
     compiled = state.MARK_SENT.compile(
         dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
     )
@@ -236,7 +380,14 @@ def _mark_sent_for_libpq() -> tuple[bytes, bytes, list[bytes | None], int, int]:
     ]
     sql = compiled.string.encode()
     name = b"digest_mark_sent_" + hashlib.sha256(sql).hexdigest()[:12].encode()
-    return sql, name, values, names.index("now"), names.index("delivery_id")
+    return (
+        sql,
+        name,
+        values,
+        names.index("now"),
+        names.index("delivery_id"),
+        names.index("token"),
+    )
 
 
 class PostgresOutcomeWriter(OutcomeWriter):
@@ -244,27 +395,38 @@ class PostgresOutcomeWriter(OutcomeWriter):
     `pgconn`): no query text to convert per call, half the client CPU of a prepared cursor
     execute and a twentieth of an SQLAlchemy one."""
 
-    _SQL, _NAME, _PARAMS, _NOW, _ID = _mark_sent_for_libpq()
+    _SQL, _NAME, _PARAMS, _NOW, _ID, _TOKEN = _mark_sent_for_libpq()
 
-    def __init__(self, db: DBConnection, claim: Claim | None = None) -> None:
+    def prepare(self, db: DBConnection) -> None:
         from psycopg import pq
 
-        super().__init__(db, claim)
-        self.pgconn: Any = db.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-        result = self.pgconn.prepare(self._NAME, self._SQL)
+        if not self.durable:
+            # DIGEST_OUTCOME_COMMIT=fast: each outcome's commit does not wait for the WAL
+            # flush. A worker that dies loses nothing; a crash of PostgreSQL itself can lose the
+            # last fraction of a second of "sent" marks, and those digests go out again.
+            db.exec_driver_sql("SET synchronous_commit TO OFF")
+        pgconn: Any = db.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+        result = pgconn.prepare(self._NAME, self._SQL)
         # A pooled connection keeps what it prepared for an earlier batch (42P05).
         if result.status != pq.ExecStatus.COMMAND_OK and (
             result.error_field(pq.DiagnosticField.SQLSTATE) != b"42P05"
         ):
             _raise(result)
 
-    def mark_sent(self, delivery_id: int, now: dt.datetime) -> None:
+    def cleanup(self, db: DBConnection) -> None:
+        if not self.durable:
+            db.exec_driver_sql("RESET synchronous_commit")  # the pooled connection is shared
+
+    def _mark_sent(self, db: DBConnection, delivery_id: int, now: dt.datetime) -> bool:
         params = list(self._PARAMS)
         params[self._NOW] = now.isoformat().encode()
         params[self._ID] = str(delivery_id).encode()
-        result = self.pgconn.exec_prepared(self._NAME, params)
+        params[self._TOKEN] = self.claim.token.encode()
+        pgconn: Any = db.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+        result = pgconn.exec_prepared(self._NAME, params)
         if result.status != 1:  # pq.ExecStatus.COMMAND_OK
             _raise(result)
+        return bool(result.command_tuples)
 
 
 def _raise(result: Any) -> None:

@@ -17,12 +17,12 @@ from werkzeug.wrappers import Response
 from digest import digests, paperstore, subscribers
 from digest.config import Settings
 from digest.errors import UserError
-from digest.links import signed_link
+from digest.links import LinkTarget, read_link, subscriber_link
 from digest.logs import event
 from digest.mailer import DeliveryError, Mailer
 from digest.models import Paper, Subscriber, SubscriberStatus
 from digest.schedule import local_date
-from digest.tokens import InvalidToken, Purpose, read_token
+from digest.tokens import InvalidToken, Purpose
 from digest.web.forms import (
     WEEKDAYS,
     preference_fields,
@@ -95,16 +95,27 @@ def bad_link(exc: InvalidToken) -> tuple[str, int]:
     return page("Link not valid", str(exc), status=400, kind="error")
 
 
-def subscriber_from(
-    purpose: Purpose, token: str, max_age: int | None = None
-) -> tuple[Subscriber, int, dict[str, Any]]:
-    """The subscriber a signed link is for, their id, and the link's payload."""
-    payload = read_token(web().settings.secret_key, purpose, token, max_age=max_age)
-    sid = payload.get("s")
-    subscriber = session().get(Subscriber, sid) if isinstance(sid, int) else None
-    if subscriber is None or subscriber.id is None:
-        raise InvalidToken("This subscription no longer exists.")
-    return subscriber, subscriber.id, payload
+def link_target(purpose: Purpose, token: str, max_age: int | None = None) -> LinkTarget:
+    """The subscriber a signed link is for, and whether it was made for their subscription as
+    it is now (InvalidToken when it is not genuine or names nobody)."""
+    return read_link(
+        session=session(),
+        secret_key=web().settings.secret_key,
+        purpose=purpose,
+        token=token,
+        max_age=max_age,
+    )
+
+
+def ended_link() -> tuple[str, int]:
+    """A genuine link of a subscription that has ended: it acts on no later one."""
+    return page(
+        "Link no longer valid",
+        "This link was made for a subscription that has ended, so it no longer works. The "
+        "links in digests sent since then do.",
+        status=410,
+        kind="error",
+    )
 
 
 def topic_suggestions() -> list[str]:
@@ -212,15 +223,30 @@ def subscribe() -> Page:
 def confirm(token: str) -> Page:
     context = web()
     try:
-        subscriber, _, payload = subscriber_from(
-            Purpose.CONFIRM, token, max_age=context.settings.confirm_max_age
-        )
+        target = link_target(Purpose.CONFIRM, token, max_age=context.settings.confirm_max_age)
     except InvalidToken as exc:
         return bad_link(exc)
-    if request.method == "GET":
+    subscriber = target.subscriber
+    usable = target.current and subscribers.confirmable(subscriber, target.payload)
+    if usable and request.method == "GET":
         return render_template("web/confirm.html", email=subscriber.email)
-    subscribers.confirm_subscription(session=session(), payload=payload, now=context.clock())
-    return page("Subscribed", f"{subscriber.email} will receive the digest from now on.")
+    if usable and subscribers.confirm_subscription(
+        session=session(), subscriber=subscriber, payload=target.payload, now=context.clock()
+    ):
+        return page("Subscribed", f"{subscriber.email} will receive the digest from now on.")
+    # Used already, replaced by a newer request's link, or of a subscription that has ended:
+    # a confirmation link works once, and never brings back what was unsubscribed.
+    if subscriber.status == SubscriberStatus.ACTIVE:
+        return page("Already subscribed", f"{subscriber.email} receives the digest.")
+    return page(
+        "Link no longer valid",
+        "This confirmation link was used already, or a newer one was sent. To subscribe, "
+        "fill in the form again.",
+        status=410,
+        kind="error",
+        next_url=url_for("web.index"),
+        next_label="Subscribe",
+    )
 
 
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
@@ -228,16 +254,23 @@ def unsubscribe(token: str) -> Page:
     """Exempt from CSRF by create_app: RFC 8058's one-click POST carries no session."""
     context = web()
     try:
-        subscriber, sid, _ = subscriber_from(Purpose.UNSUBSCRIBE, token)
+        target = link_target(Purpose.UNSUBSCRIBE, token)
     except InvalidToken as exc:
         return bad_link(exc)
+    subscriber, sid = target.subscriber, target.sid
+    if not target.current:
+        # Unsubscribing ended the subscription this link was made for: clicked again (or the
+        # one-click POST retried) it says so; it never ends a subscription started since.
+        if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+            return ended_link()
+        return page("Unsubscribed", f"{subscriber.email} is unsubscribed: no digests are sent.")
     if request.method == "GET":
         # A GET never unsubscribes: link scanners and prefetchers follow links.
         return render_template(
             "web/unsubscribe.html",
             email=subscriber.email,
-            preferences_url=signed_link(
-                context.settings, "preferences", Purpose.PREFERENCES, {"s": sid}
+            preferences_url=subscriber_link(
+                context.settings, "preferences", Purpose.PREFERENCES, subscriber
             ),
         )
     subscribers.unsubscribe(session=session(), subscriber_id=sid, now=context.clock())
@@ -248,12 +281,17 @@ def unsubscribe(token: str) -> Page:
 def preferences(token: str) -> Page:
     context = web()
     try:
-        subscriber, sid, _ = subscriber_from(Purpose.PREFERENCES, token)
+        target = link_target(Purpose.PREFERENCES, token)
     except InvalidToken as exc:
         return bad_link(exc)
-    unsubscribe_url = signed_link(context.settings, "unsubscribe", Purpose.UNSUBSCRIBE, {"s": sid})
+    subscriber, sid = target.subscriber, target.sid
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
         return page("Unsubscribed", f"{subscriber.email} is unsubscribed.")
+    if not target.current:
+        return ended_link()
+    unsubscribe_url = subscriber_link(
+        context.settings, "unsubscribe", Purpose.UNSUBSCRIBE, subscriber
+    )
 
     def form_page(s: Subscriber | None, error: str | None, saved: bool) -> str:
         return render_template(
@@ -277,9 +315,12 @@ def preferences(token: str) -> Page:
 @bp.route("/feedback/<token>/<vote>", methods=["GET", "POST"])
 def feedback(token: str, vote: str | None = None) -> Page:
     try:
-        _, sid, payload = subscriber_from(Purpose.FEEDBACK, token)
+        target = link_target(Purpose.FEEDBACK, token)
     except InvalidToken as exc:
         return bad_link(exc)
+    if not target.current:
+        return ended_link()  # a vote from an earlier subscription's digest
+    sid, payload = target.sid, target.payload
     # Links name the paper in the query (one token per digest); links sent before that
     # carry it, and sometimes the vote, in the token.
     paper_id = payload["p"] if "p" in payload else request.args.get("paper")
@@ -311,9 +352,12 @@ def feedback(token: str, vote: str | None = None) -> Page:
 @bp.get("/digest/<token>")
 def web_copy(token: str) -> Page:
     try:
-        _, sid, payload = subscriber_from(Purpose.VIEW, token)
+        target = link_target(Purpose.VIEW, token)
     except InvalidToken as exc:
         return bad_link(exc)
+    if not target.current:
+        return ended_link()
+    sid, payload = target.sid, target.payload
     try:
         day = dt.date.fromisoformat(str(payload.get("d")))
     except ValueError:

@@ -1,43 +1,34 @@
-"""One sender interface with SMTP, file (outbox) and console backends, chosen by a setting."""
+"""SMTP delivery: one connection per batch (or pooled across batches), PIPELINING and CHUNKING
+when the server offers them, a rate limit, and each outcome named honestly. A connection that
+drops before the whole message went out is reopened and the message sent again; one that drops
+after (the final dot, or BDAT LAST, written; the answer lost) is `unconfirmed`: the server may
+have taken it. Stalls, reconnects and drops are logged."""
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import re
+import select
 import smtplib
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from pathlib import Path
-from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from digest.config import Settings, check_smtp_url
+from digest.config import check_smtp_url
+from digest.mailer.base import DeliveryError
 from digest.render import Mail
 
+log = logging.getLogger(__name__)
 
-class DeliveryError(Exception):
-    """A message could not be handed over. `permanent` failures must not be retried."""
-
-    def __init__(self, message: str, *, permanent: bool, code: int | None = None) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.code = code
-
-
-class Connection(Protocol):
-    def send(self, message: Mail) -> None: ...
-
-
-class Mailer(Protocol):
-    """`with mailer.connect() as conn: conn.send(msg)` – one connection for a batch."""
-
-    def connect(self) -> AbstractContextManager[Connection]: ...
+# A message whose hand-over takes longer than this is logged as a stall.
+STALL_SECONDS = 10.0
+# A pooled connection idle longer than this is checked (NOOP) before a message goes out: a
+# server that closed it meanwhile must be found before the message is written, not after.
+IDLE_CHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +92,18 @@ class RateLimiter:
             self.sleep(wait)
 
 
+class Step:
+    """How far one transaction got: whether the whole message was handed over (then a lost
+    answer leaves its fate unknown), and the last thing written, for the reason."""
+
+    def __init__(self) -> None:
+        self.name = "MAIL"
+        self.handed_over = False
+
+    def at(self, name: str, *, handed_over: bool = False) -> None:
+        self.name, self.handed_over = name, handed_over
+
+
 class SMTPConnection:
     def __init__(self, config: SMTPConfig, limiter: RateLimiter | None = None) -> None:
         self.config = config
@@ -108,6 +111,11 @@ class SMTPConnection:
         self._smtp: smtplib.SMTP | None = None
         self._pipelining = False
         self._chunking = False
+        self._last_used = 0.0
+
+    @property
+    def server(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
 
     @property
     def is_open(self) -> bool:
@@ -128,12 +136,19 @@ class SMTPConnection:
             if cfg.username:
                 smtp.login(cfg.username, cfg.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise DeliveryError(f"SMTP login refused: {exc}", permanent=True) from exc
-        except (OSError, smtplib.SMTPException) as exc:
+            log.error("smtp_login_refused server=%s code=%s", self.server, exc.smtp_code)
             raise DeliveryError(
-                f"cannot reach the SMTP server {cfg.host}:{cfg.port}: {exc}", permanent=False
+                f"SMTP login refused: {exc}", permanent=True, unreachable=True
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("smtp_unreachable server=%s error=%s", self.server, exc)
+            raise DeliveryError(
+                f"cannot reach the SMTP server {self.server}: {exc}",
+                permanent=False,
+                unreachable=True,
             ) from exc
         self._smtp = smtp
+        self._last_used = time.monotonic()
         self._pipelining = cfg.pipelining == "always" or (
             cfg.pipelining == "auto" and smtp.has_extn("pipelining")
         )
@@ -156,8 +171,30 @@ class SMTPConnection:
                 pass
             self._smtp = None
 
+    def _alive(self) -> bool:
+        """Whether the connection can take a message now. A server that closed it, or said
+        something unasked (a 421 before closing), makes the socket readable: found here, before
+        a message is written, not after (a message written into a closed connection would be
+        lost in an ambiguous way). One idle for a while is asked (NOOP)."""
+        smtp = self._smtp
+        if smtp is None or smtp.sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([smtp.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        if readable:
+            return False
+        if time.monotonic() - self._last_used < IDLE_CHECK_SECONDS:
+            return True
+        try:
+            return smtp.noop()[0] == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
     def send(self, message: Mail) -> None:
-        """Hand one message over; DeliveryError says whether trying again can help.
+        """Hand one message over; DeliveryError says whether trying again can help, or that
+        the message's fate is unknown (`unconfirmed`).
 
         A connection found closed before the message went out is reopened once.
         """
@@ -174,37 +211,85 @@ class SMTPConnection:
         # Our renderer writes CRLF line ends (it says so); anything else is made canonical here.
         payload = message.data if message.canonical else _canonical(message.data)
         for attempt in (1, 2):
-            if not self.is_open:
+            if not self._alive():
+                if self._smtp is not None:
+                    log.info("smtp_reconnect server=%s reason=closed while idle", self.server)
+                self._drop()
                 self.open()
-            smtp = self._smtp
-            if smtp is None:  # open() either connects or raises
-                raise DeliveryError("SMTP connection not open", permanent=False)
             try:
-                if self._chunking:
-                    refused = _chunked(smtp, sender, recipient, payload)
-                elif self._pipelining:
-                    refused = _pipelined(smtp, sender, recipient, payload)
-                else:
-                    refused = smtp.sendmail(sender, [recipient], payload)
-            except smtplib.SMTPServerDisconnected as exc:
-                self._drop()
-                if attempt == 2:
-                    raise DeliveryError(f"SMTP connection lost: {exc}", permanent=False) from exc
-                continue
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, reason = next(iter(exc.recipients.values()))
-                self._after_error(code)
-                raise _smtp_error(code, reason) from exc
-            except smtplib.SMTPResponseException as exc:
-                self._after_error(exc.smtp_code)
-                raise _smtp_error(exc.smtp_code, exc.smtp_error) from exc
-            except OSError as exc:
-                self._drop()
-                raise DeliveryError(f"SMTP connection failed: {exc}", permanent=False) from exc
-            if refused:
-                code, reason = next(iter(refused.values()))
-                raise _smtp_error(code, reason)
-            return
+                self._transaction(sender, recipient, payload)
+                return
+            except _Lost as lost:
+                if lost.step.handed_over:
+                    log.warning(
+                        "smtp_unconfirmed server=%s rcpt=%s step=%s error=%s",
+                        self.server,
+                        recipient,
+                        lost.step.name,
+                        lost.error,
+                    )
+                    raise DeliveryError(
+                        f"connection to {self.server} lost after {lost.step.name}, before the "
+                        f"server's answer ({lost.error}): the message may have been delivered",
+                        permanent=False,
+                        unconfirmed=True,
+                    ) from lost.error
+                log.info(
+                    "smtp_reconnect server=%s reason=lost at %s: %s",
+                    self.server,
+                    lost.step.name,
+                    lost.error,
+                )
+                if attempt == 2 or not lost.retry:
+                    raise DeliveryError(
+                        f"SMTP connection to {self.server} lost at {lost.step.name}: {lost.error}",
+                        permanent=False,
+                    ) from lost.error
+
+    def _transaction(self, sender: str, recipient: str, payload: bytes) -> None:
+        """One message over the open connection; _Lost when the connection went away."""
+        smtp = self._smtp
+        if smtp is None:  # the caller opened it
+            raise DeliveryError("SMTP connection not open", permanent=False)
+        step = Step()
+        started = time.monotonic()
+        try:
+            if self._chunking:
+                _chunked(smtp, sender, recipient, payload, step)
+            elif self._pipelining:
+                _pipelined(smtp, sender, recipient, payload, step)
+            else:
+                _plain(smtp, sender, recipient, payload, step)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reason = next(iter(exc.recipients.values()))
+            self._after_error(code)
+            log.warning("smtp_refused server=%s rcpt=%s code=%s", self.server, recipient, code)
+            raise _smtp_error(code, reason) from exc
+        except smtplib.SMTPResponseException as exc:
+            self._after_error(exc.smtp_code)
+            log.warning(
+                "smtp_refused server=%s rcpt=%s code=%s step=%s",
+                self.server,
+                recipient,
+                exc.smtp_code,
+                step.name,
+            )
+            raise _smtp_error(exc.smtp_code, exc.smtp_error) from exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Timeouts too: a server silent after the end of the data may have taken it.
+            self._drop()
+            raise _Lost(step, exc, retry=isinstance(exc, smtplib.SMTPServerDisconnected)) from exc
+        finally:
+            self._last_used = time.monotonic()
+            took = self._last_used - started
+            if took > STALL_SECONDS:
+                log.warning(
+                    "smtp_stall server=%s rcpt=%s seconds=%.1f step=%s",
+                    self.server,
+                    recipient,
+                    took,
+                    step.name,
+                )
 
     def _after_error(self, code: int) -> None:
         # 421: the server is closing the channel; the next message needs a new connection.
@@ -217,6 +302,14 @@ class SMTPConnection:
                 self._drop()
 
 
+class _Lost(Exception):
+    """The connection went away during a transaction, at `step`."""
+
+    def __init__(self, step: Step, error: BaseException, *, retry: bool) -> None:
+        super().__init__(str(error))
+        self.step, self.error, self.retry = step, error, retry
+
+
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
@@ -227,17 +320,21 @@ def _canonical(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-def _chunked(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> dict[str, Any]:
+def _chunked(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes, step: Step) -> None:
     """One transaction in one round trip (RFC 3030 CHUNKING with RFC 2920 PIPELINING): MAIL,
     RCPT and `BDAT <size> LAST` go out with the message, which needs no dot-stuffing. A server
     that refused the sender or recipient still reads the chunk and answers it with an error,
-    so the connection stays in step. `data` has CRLF line ends. Raises smtplib's exceptions
-    like sendmail does."""
-    body = data
-    head = f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nBDAT {len(body)} LAST\r\n"
-    smtp.send(head.encode("ascii") + body)
+    so the connection stays in step. `data` has CRLF line ends. Raises smtplib's exceptions."""
+    head = f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nBDAT {len(data)} LAST\r\n"
+    step.at("BDAT")
+    smtp.send(head.encode("ascii") + data)
+    step.at("BDAT LAST", handed_over=True)
     mail_code, mail_reply = smtp.getreply()
+    if mail_code != 250:
+        step.handed_over = False  # refused: whatever follows, it was not taken
     rcpt_code, rcpt_reply = smtp.getreply()
+    if rcpt_code not in (250, 251):
+        step.handed_over = False
     bdat_code, bdat_reply = smtp.getreply()
     if mail_code != 250:
         raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
@@ -245,13 +342,13 @@ def _chunked(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> di
         raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
     if bdat_code != 250:
         raise smtplib.SMTPDataError(bdat_code, bdat_reply)
-    return {}
 
 
-def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> dict[str, Any]:
+def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes, step: Step) -> None:
     """One transaction in two round trips instead of four (RFC 2920): MAIL, RCPT and DATA
     go out together, then the message (`data`, with CRLF line ends). Raises smtplib's
-    exceptions like sendmail does."""
+    exceptions."""
+    step.at("MAIL")
     smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
     mail_code, mail_reply = smtp.getreply()
     rcpt_code, rcpt_reply = smtp.getreply()
@@ -266,12 +363,36 @@ def _pipelined(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> 
         raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_reply)
+    _data(smtp, data, step)
+
+
+def _plain(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes, step: Step) -> None:
+    """MAIL, RCPT, DATA one at a time (a server without PIPELINING)."""
+    step.at("MAIL")
+    code, reply = smtp.mail(sender)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    step.at("RCPT")
+    code, reply = smtp.rcpt(recipient)
+    if code not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    step.at("DATA")
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    _data(smtp, data, step)
+
+
+def _data(smtp: smtplib.SMTP, data: bytes, step: Step) -> None:
+    """The message after a 354, then the final dot; a lost answer after the dot is ambiguous."""
     body = _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
+    step.at("message data")
     smtp.send(body + b".\r\n")
+    step.at("the final dot", handed_over=True)
     code, reply = smtp.getreply()
     if code != 250:
         raise smtplib.SMTPDataError(code, reply)
-    return {}
 
 
 def _smtp_error(code: int, reason: bytes | str) -> DeliveryError:
@@ -316,90 +437,3 @@ class SMTPMailer:
             connection, self._idle = self._idle, None
         if connection is not None:
             connection.close()
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
-
-
-def outbox_filename(message: Mail) -> str:
-    """A readable, unique file name: date, recipient and a hash of the Message-ID."""
-    when = parsedate_to_datetime(str(message["Date"])).strftime("%Y%m%d-%H%M%S")
-    to = _UNSAFE.sub("_", message.recipient)[:80]
-    digest = hashlib.sha256(str(message["Message-ID"]).encode()).hexdigest()[:10]
-    return f"{when}-{to}-{digest}.eml"
-
-
-class FileConnection:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.written: list[Path] = []
-
-    def send(self, message: Mail) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / outbox_filename(message)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(message.data)
-        tmp.replace(path)  # atomic: a reader never sees half a message
-        self.written.append(path)
-
-
-class FileMailer:
-    """Writes each message as an .eml file, openable in any mail client."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    @contextmanager
-    def connect(self) -> Iterator[FileConnection]:
-        yield FileConnection(self.directory)
-
-
-class ConsoleConnection:
-    def __init__(self, out: IO[str]) -> None:
-        self.out = out
-
-    def send(self, message: Mail) -> None:
-        self.out.write(message.as_string() + "\n" + "=" * 72 + "\n")
-
-
-class ConsoleMailer:
-    def __init__(self, out: IO[str] | None = None) -> None:
-        self.out = out
-
-    @contextmanager
-    def connect(self) -> Iterator[ConsoleConnection]:
-        yield ConsoleConnection(self.out or sys.stdout)
-
-
-def make_mailer(
-    kind: str,
-    *,
-    outbox_dir: Path,
-    smtp_url: str,
-    smtp_timeout: float,
-    rate_per_second: float = 0.0,
-    rate_burst: int = 50,
-    pooled: bool = False,
-) -> Mailer:
-    if kind == "smtp":
-        limiter = RateLimiter(rate_per_second, rate_burst) if rate_per_second > 0 else None
-        config = SMTPConfig.from_url(smtp_url, timeout=smtp_timeout)
-        return SMTPMailer(config, limiter, pooled=pooled)
-    if kind == "file":
-        return FileMailer(outbox_dir)
-    if kind == "console":
-        return ConsoleMailer()
-    raise ValueError(f"unknown mailer {kind!r}: use smtp, file or console")
-
-
-def mailer_for(settings: Settings, *, pooled: bool = False) -> Mailer:
-    """The mailer the settings choose; `pooled` keeps an SMTP connection open between uses."""
-    return make_mailer(
-        settings.mailer,
-        outbox_dir=settings.outbox_dir,
-        smtp_url=settings.smtp_url,
-        smtp_timeout=settings.smtp_timeout,
-        rate_per_second=settings.smtp_rate_per_second,
-        rate_burst=settings.smtp_rate_burst,
-        pooled=pooled,
-    )
