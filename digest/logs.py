@@ -36,16 +36,21 @@ _TOKEN_CHAR = r"[A-Za-z0-9_\-]"
 TOKEN = re.compile(
     rf"(?<!{_TOKEN_CHAR})\.?{_TOKEN_CHAR}{{8,}}+\.{_TOKEN_CHAR}{{4,}}+\.{_TOKEN_CHAR}{{16,}}+"
 )
+# The signed part of a bounce address (VERP: bounces+<delivery id>-<signature>@domain,
+# tokens.make_bounce_token), in any letter case: the delivery id stays readable.
+BOUNCE_TOKEN = re.compile(r"\+([1-9][0-9]{0,17})-[A-Za-z2-7]{16}@")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The LogRecord attributes `extra` may not set; an event field of that name gets a `_`.
 _RESERVED = frozenset(RESERVED_ATTRS) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
-    """`text` with every signed-link token and token-shaped string replaced by <token>."""
-    if "/" not in text and "." not in text:
+    """`text` with every signed-link token, token-shaped string and bounce-address signature
+    replaced by <token>."""
+    if "/" not in text and "." not in text and "+" not in text:
         return text
     text = SIGNED_PATH.sub(rf"\1/\2/{REDACTED}", text)
+    text = BOUNCE_TOKEN.sub(rf"+\1-{REDACTED}@", text)
     return TOKEN.sub(REDACTED, text)
 
 

@@ -21,7 +21,7 @@ from digest.db import create_schema, make_engine
 from digest.ingestion import ingest_source
 from digest.logs import TOKEN, configure_logging, event, redact
 from digest.mailer import FileMailer
-from digest.tokens import Purpose, make_token
+from digest.tokens import Purpose, make_bounce_token, make_token
 from digest.web import create_app
 from tests.conftest import SECRET, make_settings
 from tests.factories import NOW, diffusion_papers, make_subscriber, store_papers
@@ -63,6 +63,14 @@ def captured():
 def test_redact_blanks_signed_links_and_bare_tokens(text):
     assert A_TOKEN in text
     assert A_TOKEN not in redact(text) and "<token>" in redact(text)
+
+
+def test_redact_blanks_the_signature_of_a_bounce_address_and_keeps_its_delivery_id():
+    token = make_bounce_token(SECRET, 1234)
+    for address in (f"bounces+{token}@bounces.example.org", f"BOUNCES+{token.upper()}@B.ORG"):
+        redacted = redact(f"MAIL FROM:<{address}>")
+        assert token.split("-")[1] not in redacted.lower() and "+1234-<token>@" in redacted
+    assert redact("ada+news@example.com") == "ada+news@example.com"
 
 
 def test_redact_blanks_a_cut_off_link_and_keeps_file_paths_and_ids_readable():
@@ -315,3 +323,41 @@ def test_an_empty_dsn_or_metrics_token_is_no_dsn_or_token(monkeypatch):
     monkeypatch.setenv("DIGEST_METRICS_TOKEN", " ")
     settings = Settings()
     assert settings.sentry_dsn is None and settings.metrics_token is None
+
+
+def test_no_token_in_the_logs_of_a_send_through_smtp_with_refusals_and_bounce_addresses(
+    tmp_path, captured, smtp_server
+):
+    from digest.mailer import SMTPConfig, SMTPMailer
+
+    settings = make_settings(
+        tmp_path, mailer="smtp", smtp_url=smtp_server.url, bounce_domain="bounces.digest.test"
+    )
+    smtp_server.refuse_rcpt = lambda rcpt: (
+        "550 5.1.1 no such user" if rcpt.startswith("gone") else None
+    )
+    buffer = captured(settings)
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    with Session(engine) as session:
+        store_papers(session, diffusion_papers())
+        for name in ("ada", "gone"):
+            make_subscriber(session, email=f"{name}@example.com")
+        delivery.send_due_digests(
+            session=session,
+            mailer=SMTPMailer(SMTPConfig(host=smtp_server.host, port=smtp_server.port)),
+            settings=settings,
+            now=NOW,
+            digest_date=NOW.date(),
+        )
+    engine.dispose()
+    (received,) = smtp_server.messages
+    assert "+" in received.mail_from and received.mail_from.endswith("@bounces.digest.test")
+    signature = received.mail_from.split("@")[0].rsplit("-", 1)[1]
+    tokens = set(TOKEN.findall(received.message.as_string()))
+    logs = buffer.getvalue()
+    assert tokens and not [t for t in tokens if t in logs]
+    assert signature not in logs.lower()
+    # An SMTP failure names its code and address (digest.mailer's line, not the server's).
+    refused = [line for line in logs.splitlines() if " digest." in line and "refused" in line]
+    assert any("gone@example.com" in line and "550" in line for line in refused), logs
