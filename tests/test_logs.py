@@ -227,14 +227,14 @@ def _web_flow(settings, engine, outbox: Path) -> None:
     feedback = _links(text, "feedback")[0].replace("&amp;", "&")
     vote = {"csrf_token": _csrf(client.get(feedback).get_data(as_text=True)), "vote": "up"}
     assert client.post(feedback, data=vote).status_code == 200
+    # A failure inside a page behind a signed link: logged with its traceback.
+    SQLModel.metadata.tables["feedback"].drop(engine)
+    assert client.post(feedback, data=vote).status_code == 500
     client.get(_links(text, "digest")[0])
     unsubscribe = _links(text, "unsubscribe")[0]
     client.get(unsubscribe)
     assert client.post(unsubscribe).status_code == 200  # RFC 8058 one-click
     assert client.get(unsubscribe[:-3] + "xyz").status_code == 400  # altered: refused
-    # A failure inside a page behind a signed link: logged with its traceback.
-    SQLModel.metadata.tables["feedback"].drop(engine)
-    assert client.post(feedback, data=vote).status_code == 500
 
 
 def _mailed_unsubscribe(settings, engine, outbox: Path, tmp_path: Path) -> None:
