@@ -169,3 +169,24 @@ def test_the_cli_reports_an_unhandled_error(tmp_path, sink):
     text = sink.text().replace(" ", "")
     assert '"process":"cli"' in text and "nosuchtable:run" in text
     assert SECRET not in text  # frames go without their local variables (the settings)
+
+
+def test_a_worker_reports_a_task_that_fails(tmp_path, sink, celery_settings, celery_client):
+    from digest.db import create_schema, make_engine
+    from tests.conftest import start_worker
+
+    create_schema(engine := make_engine(celery_settings.database_url))
+    engine.dispose()
+    worker = start_worker(
+        celery_settings, tmp_path / "worker.log", extra_env={"DIGEST_SENTRY_DSN": sink.dsn}
+    )
+    try:
+        result = celery_client.send_task("workers.tasks.ingest", kwargs={"source": "nope"})
+        with pytest.raises(Exception, match="Unknown source"):
+            result.get(timeout=60)
+        assert sink.received.wait(20), "no event arrived"
+    finally:
+        worker.stop()
+    text = sink.text().replace(" ", "")
+    assert '"process":"worker"' in text and "Unknownsource" in text
+    assert "workers.tasks.ingest" in text
