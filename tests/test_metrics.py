@@ -239,24 +239,26 @@ def test_digest_serve_keeps_proxy_headers_so_a_proxied_scrape_is_refused(tmp_pat
         [DIGEST, "serve", "--port", str(port)],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                direct = urllib.request.urlopen(url, timeout=5)
+                with urllib.request.urlopen(url, timeout=5) as direct:
+                    status, body = direct.status, direct.read()
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.2)
-        assert direct.status == 200 and b"digest_store_up 1.0" in direct.read()
+        assert status == 200 and b"digest_store_up 1.0" in body
         proxied = urllib.request.Request(url, headers={"X-Forwarded-For": "203.0.113.9"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(proxied, timeout=5)
+        refused.value.close()
         assert refused.value.code == 404
     finally:
         server.terminate()

@@ -26,11 +26,10 @@ def main(ctx: click.Context) -> None:
         raise click.ClickException(f"bad settings: {describe_settings_error(exc)}") from exc
     except SettingsError as exc:
         raise click.ClickException(f"bad settings: {exc}") from exc
-    # The commands print their own report on stdout; their log lines go to stderr, from
-    # warnings up unless DIGEST_LOG_LEVEL says otherwise (a cron job may want INFO).
-    configure_logging(
-        settings, level=None if "log_level" in settings.model_fields_set else "WARNING"
-    )
+    # The commands report what happened themselves (`digest check`'s FAIL line says what a
+    # WARNING line would): their log lines go to stderr from ERROR up, unless DIGEST_LOG_LEVEL
+    # says otherwise (a cron job may want INFO). `digest serve` logs as a server does.
+    configure_logging(settings, level=None if "log_level" in settings.model_fields_set else "ERROR")
     init_error_reporting(settings, process="cli")
     ctx.obj = App(settings)
 
