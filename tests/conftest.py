@@ -9,6 +9,7 @@ makes every store test run on PostgreSQL as well as SQLite.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -40,6 +41,18 @@ SECRET = "test-secret-key-0123456789abcdef"
 # Modules that build the process-wide settings on import (workers.app) keep a generated secret
 # key in DIGEST_DATA_DIR: in a test run, a folder of its own rather than the checkout.
 os.environ.setdefault("DIGEST_DATA_DIR", str(Path(tempfile.mkdtemp(prefix="digest-test-data-"))))
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_as_it_was() -> Iterator[None]:
+    """The `digest` command run in-process (click's runner) configures logging for the whole
+    process (digest.logs.configure_logging): undo it, so no test depends on the order."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def service_missing(what: str) -> None:

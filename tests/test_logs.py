@@ -104,6 +104,7 @@ def test_without_the_filter_the_scan_would_find_the_token():
     buffer = io.StringIO()
     logger = logging.getLogger("digest.test.unfiltered")
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     handler = logging.StreamHandler(buffer)
     logger.addHandler(handler)
     try:
