@@ -248,6 +248,10 @@ def import_papers(
     return report
 
 
+def has_papers(*, session: Session) -> bool:
+    return session.exec(select(Paper.id).limit(1)).first() is not None
+
+
 def load_seeds(*, session: Session, settings: Settings, now: dt.datetime) -> ImportReport:
     path = settings.seeds_dir / "papers.jsonl"
     with path.open(encoding="utf-8") as handle:

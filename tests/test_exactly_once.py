@@ -293,3 +293,46 @@ def test_a_batch_that_outlives_its_lease_is_not_sent_twice(tmp_path, redis_url, 
     assert len(counts) == 200 and set(counts.values()) == {1}, Counter(counts.values())
     assert states(engine) == Counter({DeliveryState.SENT: 200})
     assert "lease_lost" not in logs and "sent_after_takeover" not in logs
+
+
+def test_the_sweeper_sees_the_delivery_ids_queued_tasks_carry(tmp_path, redis_url):
+    from workers.app import make_celery
+    from workers.queue import carried_delivery_ids
+
+    settings = make_settings(
+        tmp_path, redis_url=redis_url, task_queue=f"digest-carried-{uuid.uuid4().hex[:8]}"
+    )
+    client = make_celery(settings)
+    try:
+        client.send_task("workers.tasks.send_batch", args=[[3, 5, 8]])
+        client.send_task("workers.tasks.send_batch", args=[[13]], priority=6)
+        client.send_task("workers.tasks.sweep")
+        carried = carried_delivery_ids(redis_url, settings.task_queue, held_for=45)
+        assert carried == {3, 5, 8, 13}
+        # Another deployment's queue on the same Redis carries nothing of ours.
+        assert carried_delivery_ids(redis_url, settings.task_queue + "-other", held_for=45) == set()
+        # A worker takes the first task (unacknowledged until done): still carried while the
+        # lease would run, not when it was taken longer ago than that.
+        with client.connection_for_write() as connection:
+            queue = connection.SimpleQueue(settings.task_queue, no_ack=False)
+            taken = queue.get(timeout=10)
+            assert taken.headers["task"] == "workers.tasks.send_batch"
+            held_ids = set(taken.decode()[0][0])
+            assert carried_delivery_ids(redis_url, settings.task_queue, held_for=45) == {
+                3,
+                5,
+                8,
+                13,
+            }
+            time.sleep(1.1)
+            assert carried_delivery_ids(redis_url, settings.task_queue, held_for=1) == (
+                {3, 5, 8, 13} - held_ids
+            )
+            taken.ack()
+            queue.close()
+    finally:
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        r.delete(settings.task_queue, *r.keys(settings.task_queue + "\x06\x16*"))
+        client.close()

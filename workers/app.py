@@ -40,6 +40,15 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
         beat_schedule=beat_schedule(settings),
+        # Task events, for Flower (compose's `flower` service): workers publish each task's
+        # progress, senders each task they queue. On Redis these are pub/sub messages, dropped
+        # when no monitor listens.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Beat answers `celery inspect ping` (its healthcheck) only while its loop ticks; the
+        # loop wakes at least once a minute, so a beat that hangs stops answering within two.
+        beat_enable_remote_control=True,
+        beat_max_loop_interval=60,
     )
     return app
 

@@ -4,9 +4,10 @@ flushed Redis, a dropped task), within a minute or two instead of a long grace.
 
 Read straight from kombu's Redis layout (its documented keys): the queue's lists (one per
 priority step) and the `unacked` hash of messages delivered to a worker, with the time each
-was delivered in `unacked_index`. A message a worker took longer ago than a lease counts as
-lost: a live worker would have claimed its rows by then, and a duplicate task is harmless
-(the rows are claimed once) while a wrongly trusted one would hold digests back.
+was delivered in `unacked_index` (shared by every queue on the database: filtered by the
+message's routing key, which is the queue's name). A message a worker took longer ago than a
+lease counts as lost: a live worker would have claimed its rows by then, and a duplicate task
+is harmless (the rows are claimed once) while a wrongly trusted one would hold digests back.
 """
 
 from __future__ import annotations
@@ -42,10 +43,20 @@ def carried_delivery_ids(redis_url: str, queue: str, *, held_for: float) -> set[
             held: list[Any] = client.hmget("unacked", tags)  # type: ignore[assignment]
             for raw in held:
                 if raw:
-                    ids |= _send_ids(json.loads(raw)[0])
+                    ids |= _held_for_queue(raw, queue)
         return ids
     finally:
         client.close()
+
+
+def _held_for_queue(raw: Any, queue: str) -> set[int]:
+    """The delivery ids of an unacknowledged message, if it came from `queue`: the `unacked`
+    hash is shared by every queue (and deployment) on this Redis database."""
+    try:
+        payload, _exchange, routing_key = json.loads(raw)
+    except (ValueError, TypeError):
+        return set()
+    return _send_ids(payload) if routing_key == queue else set()
 
 
 def _send_ids(raw: Any) -> set[int]:

@@ -179,10 +179,18 @@ def seeds() -> None:
 
 
 @seeds.command("load")
+@click.option(
+    "--if-empty",
+    is_flag=True,
+    help="Only into a store without papers: a first start (compose's migrate runs it each time).",
+)
 @pass_app
-def seeds_load(app: App) -> None:
+def seeds_load(app: App, if_empty: bool) -> None:
     """Load the bundled seed papers into the store."""
     with app.session() as session:
+        if if_empty and paperstore.has_papers(session=session):
+            click.echo("the store has papers already: seeds not loaded")
+            return
         report = paperstore.load_seeds(session=session, settings=app.settings, now=now_utc())
     click.echo(f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged")
 
