@@ -15,6 +15,7 @@ from digest.config import Settings
 from digest.delivery.planner import Plan, status_reason, window_of
 from digest.errors import UserError
 from digest.models import Delivery, DeliveryItem, DeliveryState, Paper, Run, Subscriber
+from digest.runs import log_run_finished, log_run_started
 from digest.schedule import latest_due, local_date, not_due_reason
 from digest.subscribers import get_subscriber
 
@@ -80,6 +81,7 @@ def record_plan(*, session: Session, plan: Plan, now: dt.datetime) -> Run:
     )
     session.add(run)
     session.commit()
+    log_run_finished(log, run)
     return run
 
 
@@ -87,6 +89,7 @@ def start_send_run(*, session: Session, now: dt.datetime) -> Run:
     run = Run(kind="send", started_at=now)
     session.add(run)
     session.commit()
+    log_run_started(log, run)
     return run
 
 
@@ -98,6 +101,7 @@ def finish_send_run(*, session: Session, run: Run, summary: SendSummary, now: dt
     run.summary = summary.as_dict()
     session.add(run)
     session.commit()
+    log_run_finished(log, run)
 
 
 def record_batch(
@@ -117,14 +121,7 @@ def record_batch(
     )
     session.add(run)
     session.commit()
-    log.info(
-        "batch_finished sent=%d skipped=%d failed=%d unconfirmed=%d stopped=%d",
-        len(summary.sent),
-        len(summary.skipped),
-        len(summary.failed),
-        len(summary.unconfirmed),
-        summary.stopped,
-    )
+    log_run_finished(log, run)
     return run
 
 
@@ -142,6 +139,7 @@ def record_task_failure(
     )
     session.add(run)
     session.commit()
+    log_run_finished(log, run)
     return run
 
 
@@ -157,6 +155,7 @@ def record_stopped_run(
         run.summary = {**summary.as_dict(), "error": f"{type(error).__name__}: {error}"}
         session.add(run)
         session.commit()
+        log_run_finished(log, run)
     except Exception:  # the store itself is gone: the original error is what matters
         log.exception("could not record the end of send run %s", run.id)
 
