@@ -337,3 +337,37 @@ def test_pages_read_well_on_a_desktop(browser, live):
         shoot(page, "digest-desktop.png")
     finally:
         context.close()
+
+
+def test_a_script_url_never_runs_on_our_pages(browser, live):
+    """Issue 17, item 1, in a real browser: a paper stored with a `javascript:` URL (as an older
+    store or a careless source would have kept it) gets no link on its page, and the page's
+    policy stops such a URL even if one were put into the page."""
+    from digest.models import Paper
+
+    with Session(live.engine) as session:
+        paper = session.exec(select(Paper)).first()
+        assert paper is not None
+        paper.url = "javascript:document.title='pwned'"
+        session.add(paper)
+        session.commit()
+        paper_id = paper.id
+    page = browser.new_page()
+    try:
+        response = page.goto(f"{live.url}/papers/{paper_id}")
+        assert response is not None and response.status == 200
+        policy = response.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in policy or "default-src 'self'" in policy, policy
+        assert page.locator("a[href^='javascript:']").count() == 0
+        title = page.title()
+        # Put one in, as an injection would, and click it: the policy refuses to run it.
+        page.evaluate(
+            "() => { const a = document.createElement('a'); a.id = 'x';"
+            " a.href = \"javascript:document.title='pwned'\"; a.textContent = 'x';"
+            " document.body.appendChild(a); }"
+        )
+        page.click("#x")
+        page.wait_for_timeout(300)
+        assert page.title() == title != "pwned"
+    finally:
+        page.close()
