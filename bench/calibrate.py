@@ -26,6 +26,8 @@ from bench.relevance import DEFAULT_CASES, DEFAULT_CORPUS, digest_days, load_cas
 from digest.ranking import RankingConfig  # noqa: E402
 from digest.ranking.hybrid import Bm25, fuse  # noqa: E402
 
+PERCENTILES = (50, 90, 95, 97, 98, 99, 99.5, 99.7, 99.8, 99.9)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,8 +71,9 @@ def main() -> int:
         ("dense, relevant pairs", dense_rel),
     ):
         v = np.concatenate(values)
-        q = np.percentile(v, [50, 90, 99, 99.5, 99.9])
-        print(f"{name}: n={len(v)} p50/p90/p99/p99.5/p99.9 = " + " / ".join(f"{x:.3f}" for x in q))
+        q = np.percentile(v, PERCENTILES)
+        cells = ", ".join(f"p{p:g} {x:.3f}" for p, x in zip(PERCENTILES, q, strict=True))
+        print(f"{name}: n={len(v)} {cells}")
     return 0
 
 

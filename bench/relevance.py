@@ -32,7 +32,8 @@ Methods (the table `METHODS`; a new one plugs in with `@method("name")`):
 - ours: the product default, as delivery ranks: the day's candidates prepared once
   (`prepare_corpus`) with their embeddings, hybrid relevance (embeddings + BM25, the gate), the
   per-profile preference model for liked papers; then `rank_prepared`.
-- ours-rel: the same, relevance only: recency and trending weights 0, no threshold or gate.
+- ours-rel: the same, relevance only: recency and trending weights 0, no threshold, no gate or
+  floor of either tier.
 - ours-tfidf: the fallback without an encoder (TF-IDF and its latent space; not run by default).
 
 The candidates' embeddings are read from the cache under the bench's text ("title. abstract");
@@ -433,6 +434,7 @@ def relevance_only(config: RankingConfig) -> RankingConfig:
         hybrid_min_relevance=0.0,
         gate_min=-1.0,
         paper_gate_min=-1.0,
+        strong_paper_gate_min=-1.0,
     )
 
 

@@ -14,7 +14,7 @@ from digest.ranking import Profile, RankingConfig, RankPaper, prepare_corpus, ra
 from digest.ranking.hybrid import Bm25
 from digest.ranking.preference import fit_preference
 from digest.resources import data_dir
-from tests.factories import NOW
+from tests.factories import NOW, make_rank_paper
 
 ENCODER = load_encoder(kind="minilm")
 pytestmark = pytest.mark.skipif(ENCODER is None, reason="the encoder's packages are missing")
@@ -68,6 +68,45 @@ def test_excluded_terms_still_exclude(seeds):
     )
 
 
+def _at_cosines(papers_and_cosines):
+    """A prepared corpus whose papers lie at the given cosines from every topic (3 dimensions:
+    the topic's direction, the papers' own, and one for the fillers)."""
+    papers = [p for p, _ in papers_and_cosines]
+    papers += [make_rank_paper(abstract=f"Weather report {n}.") for n in range(8)]
+    rows = [[c, (1 - c * c) ** 0.5, 0.0] for _, c in papers_and_cosines]
+    rows += [[0.0, 0.0, 1.0]] * 8
+    return prepare_corpus(
+        papers,
+        now=NOW,
+        embeddings=np.array(rows),
+        encoder=lambda texts: np.tile([1.0, 0.0, 0.0], (len(texts), 1)),
+    )
+
+
+def test_a_clearly_present_topic_also_sends_papers_that_say_it_in_other_words():
+    config = RankingConfig()
+    other_words = 0.5  # a cosine above the strong tier's floor in meaning, no shared word
+    assert other_words >= config.strong_paper_dense_min
+    assert config.gate_dense_weight * other_words < config.paper_gate_min
+    strong = _at_cosines(
+        [
+            (make_rank_paper(id="words", title="Legged locomotion", abstract="Robots."), 0.9),
+            (make_rank_paper(id="meaning", title="Quadrupeds walk", abstract="."), other_words),
+            (make_rank_paper(id="far", title="Quadruped gaits", abstract="Gaits."), 0.2),
+        ]
+    )
+    assert {p.paper_id for p in picks_for(strong, "legged locomotion")} == {"words", "meaning"}
+    # Only just matched (its best paper shares no word either): a short digest of its best.
+    weak = _at_cosines(
+        [
+            (make_rank_paper(id="close", title="Quadrupeds trot", abstract="Gaits."), 0.56),
+            (make_rank_paper(id="meaning", title="Quadrupeds walk", abstract="."), other_words),
+        ]
+    )
+    assert config.gate_min <= config.gate_dense_weight * 0.56 < config.strong_gate_min
+    assert [p.paper_id for p in picks_for(weak, "legged locomotion")] == ["close"]
+
+
 def test_bm25_scale_counts_words_no_paper_has():
     bm25 = Bm25(["contrastive learning of images", "learning rates", "graph learning"])
     # "robot" is in no document: "learning" alone is a small part of what the query asks.
@@ -99,3 +138,6 @@ def test_a_preference_learns_the_direction_of_what_was_liked():
 def test_the_default_config_is_hybrid_with_a_gate():
     config = RankingConfig()
     assert config.hybrid and 0 < config.paper_gate_min <= config.gate_min < 1
+    # A clearly present topic is matched first; only then may its floors be lower.
+    assert 0 < config.strong_paper_gate_min <= config.paper_gate_min <= config.strong_gate_min
+    assert config.gate_min <= config.strong_gate_min < 1

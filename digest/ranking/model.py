@@ -123,12 +123,19 @@ class RankingConfig:
     # Nothing rather than noise: the even mix of meaning (dense) and words (BM25), read
     # against the distribution of unrelated topic-paper pairs on the tuning months
     # (bench/calibrate.py). A topic is matched on a day when one paper reaches `gate_min` (the
-    # 99.5th percentile of unrelated pairs); then its papers reaching `paper_gate_min` (the
-    # 99th) may be sent. Dense similarity ranks best, but alone it lets generic words through
-    # ("robot learning" close to any "learning" paper); words alone miss paraphrases.
+    # 99th percentile of unrelated pairs); then its papers reaching `paper_gate_min` (the 99th)
+    # may be sent: a weak interest gets a short digest. A topic clearly present that day (one
+    # paper at `strong_gate_min`, the 99.7th) may send its papers down to the 95th percentile
+    # of the mix (`strong_paper_gate_min`) or of meaning alone (`strong_paper_dense_min`, the
+    # cosine): papers that say it in other words. Dense similarity ranks best, but alone it
+    # lets generic words through ("robot learning" close to any "learning" paper); words
+    # alone miss paraphrases.
     gate_dense_weight: float = 0.5
-    gate_min: float = 0.31
+    gate_min: float = 0.26
     paper_gate_min: float = 0.26
+    strong_gate_min: float = 0.35
+    strong_paper_gate_min: float = 0.16
+    strong_paper_dense_min: float = 0.238
     # With sentence embeddings, profiles with liked papers get their own logistic regression
     # (digest/ranking/preference.py) of this inverse regularisation (0: the liked papers'
     # centroid instead), against up to `preference_background` of the day's papers.

@@ -159,9 +159,15 @@ def _query_similarities(
             # Below the gate a paper is not sent for this topic: marked under any threshold.
             mix = fuse(closeness, words, config.gate_dense_weight)
             # A topic is matched today when one paper passes `gate_min`; then each of its
-            # papers must still pass `paper_gate_min`. Otherwise nothing is sent for it.
-            sims[mix < config.paper_gate_min] = -1.0
-            sims[~(mix >= config.gate_min).any(axis=1)] = -1.0
+            # papers must still pass `paper_gate_min`, or, when the topic is clearly present
+            # (a paper reaches `strong_gate_min`), the lower `strong_paper_gate_min` or
+            # `strong_paper_dense_min` in meaning alone. Otherwise nothing is sent for it.
+            best = mix.max(axis=1, initial=-np.inf)
+            strong = (best >= config.strong_gate_min)[:, None]
+            floor = np.where(strong, config.strong_paper_gate_min, config.paper_gate_min)
+            close = strong & (closeness >= config.strong_paper_dense_min)
+            sims[(mix < floor) & ~close] = -1.0
+            sims[best < config.gate_min] = -1.0
         _remember(rows, memo, missing, sims)
         missing = []
     if missing:
