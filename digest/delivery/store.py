@@ -10,7 +10,6 @@ libpq; SQLite takes the portable SQLAlchemy forms.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import secrets
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, insert, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
@@ -98,8 +97,12 @@ class OutcomeWriter:
     def prepare(self, db: DBConnection) -> None:
         """Per-connection setup (a new one after each reconnect)."""
 
+    def flush(self) -> None:
+        """Wait for outcomes sent ahead (a writer that pipelines them); nothing here."""
+
     def close(self) -> None:
         if self._db is not None:
+            self.flush()
             try:
                 self.cleanup(self._db)
             finally:
@@ -124,6 +127,7 @@ class OutcomeWriter:
         waited, attempt = 0.0, 0
         while True:
             try:
+                self.flush()  # an outcome sent ahead is answered before the next statement
                 return write(self.db)
             except Exception as exc:
                 if not is_transient(exc) or waited >= self.retry_seconds:
@@ -363,76 +367,9 @@ class PostgresDeliveryStore(DeliveryStore):
         retry_seconds: float = 120.0,
         durable: bool = True,
     ) -> OutcomeWriter:
+        from digest.delivery.pg_writer import PostgresOutcomeWriter
+
         return PostgresOutcomeWriter(engine, claim, retry_seconds=retry_seconds, durable=durable)
-
-
-def _mark_sent_for_libpq() -> tuple[bytes, bytes, list[bytes | None], int, int, int]:
-    """`state.MARK_SENT` as PostgreSQL text with $n placeholders, its statement name (from
-    its text, so a pooled connection never runs an older version under the same name), its
-    constant parameters, and the positions of `now`, `delivery_id` and `token` among them."""
-    compiled = state.MARK_SENT.compile(
-        dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-    )
-    names = list(compiled.positiontup or [])
-    values = [
-        None if compiled.params[name] is None else str(compiled.params[name]).encode()
-        for name in names
-    ]
-    sql = compiled.string.encode()
-    name = b"digest_mark_sent_" + hashlib.sha256(sql).hexdigest()[:12].encode()
-    return (
-        sql,
-        name,
-        values,
-        names.index("now"),
-        names.index("delivery_id"),
-        names.index("token"),
-    )
-
-
-class PostgresOutcomeWriter(OutcomeWriter):
-    """ "Sent" marks as a server-side prepared statement run through libpq itself (psycopg's
-    `pgconn`): no query text to convert per call, half the client CPU of a prepared cursor
-    execute and a twentieth of an SQLAlchemy one."""
-
-    _SQL, _NAME, _PARAMS, _NOW, _ID, _TOKEN = _mark_sent_for_libpq()
-
-    def prepare(self, db: DBConnection) -> None:
-        from psycopg import pq
-
-        if not self.durable:
-            # DIGEST_OUTCOME_COMMIT=fast: each outcome's commit does not wait for the WAL
-            # flush. A worker that dies loses nothing; a crash of PostgreSQL itself can lose the
-            # last fraction of a second of "sent" marks, and those digests go out again.
-            db.exec_driver_sql("SET synchronous_commit TO OFF")
-        pgconn: Any = db.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-        result = pgconn.prepare(self._NAME, self._SQL)
-        # A pooled connection keeps what it prepared for an earlier batch (42P05).
-        if result.status != pq.ExecStatus.COMMAND_OK and (
-            result.error_field(pq.DiagnosticField.SQLSTATE) != b"42P05"
-        ):
-            _raise(result)
-
-    def cleanup(self, db: DBConnection) -> None:
-        if not self.durable:
-            db.exec_driver_sql("RESET synchronous_commit")  # the pooled connection is shared
-
-    def _mark_sent(self, db: DBConnection, delivery_id: int, now: dt.datetime) -> bool:
-        params = list(self._PARAMS)
-        params[self._NOW] = now.isoformat().encode()
-        params[self._ID] = str(delivery_id).encode()
-        params[self._TOKEN] = self.claim.token.encode()
-        pgconn: Any = db.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-        result = pgconn.exec_prepared(self._NAME, params)
-        if result.status != 1:  # pq.ExecStatus.COMMAND_OK
-            _raise(result)
-        return bool(result.command_tuples)
-
-
-def _raise(result: Any) -> None:
-    import psycopg.errors
-
-    raise psycopg.errors.error_from_result(result, encoding="utf-8")
 
 
 def delivery_store(bind: Session | Engine | DBConnection) -> DeliveryStore:
