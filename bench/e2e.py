@@ -477,6 +477,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--naive-sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
+    # A relay across a network answers each message in a few milliseconds; 0 is loopback.
+    parser.add_argument("--sink-delay-ms", type=float, default=0.0)
     # INFO shows when each batch was received and how long it took (in workers.log).
     parser.add_argument("--worker-loglevel", default="WARNING")
     args = parser.parse_args()
@@ -501,6 +503,8 @@ def main() -> None:
             str(tmp / "sink.json"),
             "--live",
             str(sink_live),
+            "--delay-ms",
+            str(args.sink_delay_ms),
         ],
         stdout=subprocess.PIPE,
         text=True,

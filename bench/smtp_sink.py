@@ -34,8 +34,14 @@ class Session(asyncio.Protocol):
     the client reads them in one go.
     """
 
-    def __init__(self, stats: Stats, refuse: bytes | None, save: Path | None) -> None:
+    def __init__(
+        self, stats: Stats, refuse: bytes | None, save: Path | None, delay: float = 0.0
+    ) -> None:
         self.stats, self.refuse, self.save = stats, refuse, save
+        # Seconds before answering a message's end of data (a relay across a network, which
+        # takes a few milliseconds per message; 0: answer at once, as on loopback).
+        self.delay = delay
+        self.accepted = 0
         self.buffer = bytearray()
         self.rcpts: list[str] = []
         self.chunks: list[bytes] = []
@@ -90,7 +96,14 @@ class Session(asyncio.Protocol):
             del self.buffer[: end + 1]
             replies.append(self.command(line))
         if replies and self.transport is not None:
-            self.transport.write(b"".join(replies))
+            if self.delay and self.accepted:
+                # The client waits for this answer before its next transaction.
+                self.accepted = 0
+                asyncio.get_running_loop().call_later(
+                    self.delay, self.transport.write, b"".join(replies)
+                )
+            else:
+                self.transport.write(b"".join(replies))
 
     def command(self, line: bytes) -> bytes:
         verb = line[:4].upper()
@@ -138,6 +151,7 @@ class Session(asyncio.Protocol):
         return b"250 chunk received\r\n"
 
     def accept(self, data: bytes) -> bytes:
+        self.accepted += 1
         return accept(self.stats, self.rcpts, data, self.save)
 
 
@@ -169,10 +183,11 @@ async def serve(
     live_path: str | None,
     refuse: bytes | None = None,
     save: Path | None = None,
+    delay: float = 0.0,
 ) -> None:
     stats = Stats()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Session(stats, refuse, save), host, port)
+    server = await loop.create_server(lambda: Session(stats, refuse, save, delay), host, port)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -204,9 +219,14 @@ def main() -> None:
     parser.add_argument("--live", help="a file kept up to date with the message count")
     parser.add_argument("--refuse", help="answer 550 to recipients containing this text")
     parser.add_argument("--save", type=Path, help="write each message to a file in this folder")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="milliseconds before answering each message"
+    )
     args = parser.parse_args()
     refuse = args.refuse.encode() if args.refuse else None
-    asyncio.run(serve(args.host, args.port, args.stats, args.live, refuse, args.save))
+    asyncio.run(
+        serve(args.host, args.port, args.stats, args.live, refuse, args.save, args.delay_ms / 1000)
+    )
 
 
 if __name__ == "__main__":
