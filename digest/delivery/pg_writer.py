@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection as DBConnection
 from digest.db import is_transient
 from digest.delivery import state
 from digest.delivery.store import OutcomeWriter
+from digest.models import DeliveryState
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,7 @@ class PostgresOutcomeWriter(OutcomeWriter):
                 _raise(result)
             if result.command_tuples:
                 return
-            owned = state.written_by(
-                self._db, delivery_id, state.DeliveryState.SENT, self.claim.token
-            )
+            owned = state.written_by(self._db, delivery_id, DeliveryState.SENT, self.claim.token)
         except Exception as exc:
             if not is_transient(exc):
                 raise
