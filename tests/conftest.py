@@ -372,6 +372,20 @@ def start_worker(
 
 
 @pytest.fixture
+def faulty_smtp() -> Iterator[Any]:
+    """An SMTP server that drops connections at chosen steps or answers slowly
+    (tests/smtp_faults.py), on a free loopback port."""
+    from tests.smtp_faults import FaultySMTP
+
+    server = FaultySMTP(host="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[..., None]]]:
     """A Redis server of this test's own, so that restarting it disturbs nobody else."""
     binary = shutil.which("redis-server")
@@ -463,6 +477,7 @@ INTEGRATION_FIXTURES = {
     "browser",
     "live",
     "private_redis",
+    "faulty_smtp",
 }
 # Modules whose every test runs the `digest` command or another process.
 INTEGRATION_MODULES = {

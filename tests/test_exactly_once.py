@@ -16,21 +16,10 @@ from digest import delivery
 from digest.delivery.store import delivery_store
 from digest.mailer import mailer_for
 from digest.models import Delivery, DeliveryState
-from tests.conftest import free_port, make_settings, start_worker
-from tests.smtp_faults import FaultySMTP
+from tests.conftest import make_settings, start_worker
 from tests.test_faults import plan, populate, states
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def faulty_smtp():
-    server = FaultySMTP(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def every(n: int, fault: str):

@@ -29,23 +29,12 @@ from tests.conftest import (
     start_worker,
     worker_env,
 )
-from tests.smtp_faults import FaultySMTP
 from tests.test_faults import populate, wait_until
 
 pytestmark = pytest.mark.integration
 
 # The recovery bound the README promises with the default settings.
 RECOVERY_SECONDS = 120
-
-
-@pytest.fixture
-def faulty_smtp():
-    server = FaultySMTP(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start_beat(settings, log_path: Path) -> subprocess.Popen[bytes]:
