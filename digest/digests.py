@@ -200,10 +200,20 @@ def rank_for(
     )
 
 
+NOTHING_RELEVANT = "no new paper above the relevance threshold"
+_NO_CANDIDATES = "no candidate papers from the last "
+
+
 def empty_reason(candidates: int, settings: Settings) -> str:
     if candidates == 0:
-        return f"no candidate papers from the last {settings.candidate_days} days"
-    return "no new paper above the relevance threshold"
+        return f"{_NO_CANDIDATES}{settings.candidate_days} days"
+    return NOTHING_RELEVANT
+
+
+def is_empty_reason(reason: str | None) -> bool:
+    """Whether a skipped digest was skipped for want of papers (which new papers may change),
+    not for its subscriber's sake (unsubscribed, paused)."""
+    return reason is not None and (reason == NOTHING_RELEVANT or reason.startswith(_NO_CANDIDATES))
 
 
 # A paper's part of a digest entry, made once per paper object: a run sends the same few

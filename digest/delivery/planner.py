@@ -3,6 +3,11 @@
 The delivery row (one per subscriber per digest date, unique) is the claim. The planner inserts
 it as "planned" and hands over only the rows it inserted, so two planners never queue one
 subscriber twice.
+
+A digest skipped for want of papers ("no new paper above the relevance threshold", "no candidate
+papers") is looked at again when papers were stored after it was skipped, as long as its date is
+still due (within the catch-up window): the planner turns it back to planned, once per change of
+the store, and hands it over like a new one.
 """
 
 from __future__ import annotations
@@ -12,16 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select, update
 from sqlmodel import Session, col
 
 from digest.config import Settings
 from digest.db import one_of
 from digest.delivery.state import sendable_again
 from digest.delivery.store import DeliveryStore, delivery_store
+from digest.digests import is_empty_reason
 from digest.envelope import message_id_domain, new_message_ids
 from digest.errors import UserError
-from digest.models import Delivery, Subscriber, SubscriberStatus
+from digest.models import Delivery, DeliveryState, Paper, Subscriber, SubscriberStatus
 from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
 from digest.subscribers import normalize_email
 
@@ -63,6 +69,8 @@ class Plan:
     # Deliveries of these dates that failed temporarily or are stuck (a stopped run's): sent
     # now by an explicit send (the Celery path leaves them to the sweeper).
     retry_ids: list[int] = field(default_factory=list)
+    # Of `delivery_ids`, those skipped for want of papers and planned again: papers came since.
+    reopened: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,9 @@ class _Request:
     digest_date: dt.date | None
     email: str | None
     dry_run: bool
+    # When a paper was last stored or changed: a digest skipped for want of papers before
+    # then is looked at again.
+    papers_changed_at: dt.datetime | None = None
 
 
 # A candidate for a delivery: subscriber id, address, digest date.
@@ -110,7 +121,8 @@ def plan_deliveries(
     Subscribers are planned a page at a time; `on_planned` gets each page's new delivery ids as
     soon as they are committed, so sending starts while the planner goes on.
     """
-    request = _Request(settings, now, digest_date, email, dry_run)
+    papers_changed_at = session.execute(select(func.max(Paper.updated_at))).scalar()
+    request = _Request(settings, now, digest_date, email, dry_run, papers_changed_at)
     store = delivery_store(session)
     plan = Plan()
     last_id = 0
@@ -145,11 +157,17 @@ def _plan_page(
     candidates = _due(request, rows, plan)
     if not candidates:
         return []
-    fresh = _without_deliveries(session, request, candidates, plan)
+    fresh, reopen = _without_deliveries(session, request, candidates, plan)
     plan.dates |= {day for _, _, day in fresh}
     if request.dry_run:
-        plan.delivery_ids.extend(sid for sid, _, _ in fresh)  # subscriber ids in a dry run
+        # Subscriber ids in a dry run.
+        plan.delivery_ids.extend([sid for sid, _, _ in fresh] + [sid for sid, _ in reopen])
         return []
+    reopened = _reopen(session, request, [delivery_id for _, delivery_id in reopen])
+    plan.reopened.extend(reopened)
+    plan.delivery_ids.extend(reopened)
+    if not fresh:
+        return reopened
     message_ids = new_message_ids(message_id_domain(request.settings), len(fresh))
     values = [
         (sid, day, message_id) for (sid, _, day), message_id in zip(fresh, message_ids, strict=True)
@@ -160,7 +178,29 @@ def _plan_page(
         # Another planner inserted some of these at the same moment: they are its to send.
         plan.skipped.append(("(several)", "planned by another planner at the same time"))
     plan.delivery_ids.extend(new_ids)
-    return new_ids
+    return reopened + new_ids
+
+
+def _reopen(session: Session, request: _Request, delivery_ids: list[int]) -> list[int]:
+    """Skipped for want of papers, and papers came since: planned again. The update names the
+    state it leaves, so of two planners at the same moment only one hands each row over."""
+    if not delivery_ids or request.papers_changed_at is None:
+        return []
+    reopened = session.execute(
+        update(Delivery)
+        .where(
+            col(Delivery.id).in_(delivery_ids),
+            and_(
+                col(Delivery.state) == DeliveryState.SKIPPED.value,
+                col(Delivery.updated_at) < request.papers_changed_at,
+            ),
+        )
+        .values(state=DeliveryState.PLANNED.value, reason=None, updated_at=request.now)
+        .returning(col(Delivery.id))
+    )
+    ids = [row[0] for row in reopened]
+    session.commit()
+    return ids
 
 
 def _due(request: _Request, rows: Sequence[Any], plan: Plan) -> list[_Candidate]:
@@ -200,35 +240,50 @@ def _due(request: _Request, rows: Sequence[Any], plan: Plan) -> list[_Candidate]
 
 def _without_deliveries(
     session: Session, request: _Request, candidates: list[_Candidate], plan: Plan
-) -> list[_Candidate]:
-    """The candidates that have no delivery for their date yet.
+) -> tuple[list[_Candidate], list[tuple[int, int]]]:
+    """The candidates that have no delivery for their date yet, and (subscriber id, delivery
+    id) of those whose digest was skipped for want of papers before papers came.
 
-    Those who have one get nothing new, and are told why. Those whose delivery is stuck (see
-    `state.stuck`: planned long ago by a run that stopped, or sending under an expired lease)
-    or waiting for a retry are sent again by an explicit send (`plan.retry_ids`).
+    The others who have one get nothing new, and are told why. Those whose delivery is stuck
+    (see `state.stuck`: planned long ago by a run that stopped, or sending under an expired
+    lease) or waiting for a retry are sent again by an explicit send (`plan.retry_ids`).
     """
     again_now = sendable_again(request.now, request.settings)
-    existing: dict[tuple[int, dt.date], tuple[int, str, bool]] = {}
+    existing: dict[tuple[int, dt.date], tuple[int, str, bool, bool]] = {}
     for day in {day for _, _, day in candidates}:
         ids = [sid for sid, _, d in candidates if d == day]
         found = session.execute(
             select(
-                col(Delivery.subscriber_id), col(Delivery.id), col(Delivery.state), again_now
+                col(Delivery.subscriber_id),
+                col(Delivery.id),
+                col(Delivery.state),
+                again_now,
+                col(Delivery.reason),
+                col(Delivery.updated_at),
             ).where(
                 col(Delivery.digest_date) == day, one_of(session, col(Delivery.subscriber_id), ids)
             )
         )
-        for sid, delivery_id, delivery_state, again in found:
-            existing[(sid, day)] = (delivery_id, delivery_state, again)
+        for sid, delivery_id, delivery_state, again, reason, updated_at in found:
+            stale = (
+                delivery_state == DeliveryState.SKIPPED.value
+                and is_empty_reason(reason)
+                and request.papers_changed_at is not None
+                and updated_at < request.papers_changed_at
+            )
+            existing[(sid, day)] = (delivery_id, delivery_state, again, stale)
     fresh = []
+    reopen = []
     for sid, address, day in candidates:
         match = existing.get((sid, day))
         if match is None:
             fresh.append((sid, address, day))
             continue
-        delivery_id, delivery_state, again = match
-        if again:
+        delivery_id, delivery_state, again, stale = match
+        if stale:
+            reopen.append((sid, delivery_id))
+        elif again:
             plan.retry_ids.append(delivery_id)
         else:
             plan.skipped.append((address, f"already {delivery_state} for {day.isoformat()}"))
-    return fresh
+    return fresh, reopen

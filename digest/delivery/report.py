@@ -75,6 +75,8 @@ def record_plan(*, session: Session, plan: Plan, now: dt.datetime) -> Run:
         status="ok",
         summary={
             "planned": len(plan.delivery_ids),
+            # Of those, digests skipped for want of papers, looked at again: papers came since.
+            "looked_at_again": len(plan.reopened),
             "dates": sorted(day.isoformat() for day in plan.dates),
             "not_planned_by_reason": count_reasons(plan.skipped),
         },
