@@ -32,6 +32,7 @@ from digest.ranking import (
     RankPaper,
     prepare_corpus,
     rank_prepared,
+    remember_embeddings,
 )
 from digest.render import (
     DigestContext,
@@ -134,6 +135,37 @@ def profiles_for(
     ]
 
 
+def load_feedback_embeddings(
+    *,
+    settings: Settings,
+    corpus: PreparedCorpus,
+    profiles: Sequence[Profile],
+    session: Session | None = None,
+    cache: EmbeddingCache | None = None,
+) -> None:
+    """The stored embeddings of the profiles' liked and disliked papers that are not among the
+    candidates, put where the ranking looks for them, from the store (`session`) or the file
+    cache of `digest rank`; one never encoded is encoded now and kept (flushed to the session:
+    the caller's transaction keeps it). A liked paper is encoded once, ever, instead of once a
+    day in every worker process (~0.1 s each)."""
+    if corpus.embedded_t is None:
+        return
+    encoder = load_encoder(kind=settings.encoder, threads=settings.encoder_threads)
+    if encoder is None:
+        return
+    known = corpus.query_embeddings
+    candidates = corpus.index
+    wanted: dict[str, RankPaper] = {}
+    for profile in profiles:
+        for paper in (*profile.liked, *profile.disliked):
+            if paper.id not in candidates and paper.embedding_text not in known:
+                wanted.setdefault(paper.id, paper)
+    if wanted:
+        papers = list(wanted.values())
+        rows = paper_embeddings(encoder=encoder, papers=papers, session=session, cache=cache)
+        remember_embeddings(corpus, [p.embedding_text for p in papers], rows)
+
+
 def stored_id(subscriber: Subscriber) -> int:
     """A stored subscriber's id: one that was never stored has no digest."""
     if subscriber.id is None:
@@ -185,14 +217,13 @@ def rank_for(
     """Rank the candidate papers for every subscriber in one batch."""
     papers = candidate_papers(session=session, as_of=as_of, days=settings.candidate_days)
     profiles = profiles_for(session=session, subscribers=subscribers)
-    picks = (
-        rank_prepared(
-            prepare_candidates(session=session, settings=settings, papers=papers, as_of=as_of),
-            profiles,
+    picks: list[list[Pick]] = [[] for _ in profiles]
+    if papers:
+        corpus = prepare_candidates(session=session, settings=settings, papers=papers, as_of=as_of)
+        load_feedback_embeddings(
+            session=session, settings=settings, corpus=corpus, profiles=profiles
         )
-        if papers
-        else [[] for _ in profiles]
-    )
+        picks = rank_prepared(corpus, profiles)
     return Ranked(
         picks={s.id: p for s, p in zip(subscribers, picks, strict=True) if s.id is not None},
         papers={p.id: p for p in papers},

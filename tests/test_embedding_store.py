@@ -160,6 +160,49 @@ def test_ranker_gets_every_row_and_missing_ones_are_encoded_once(engine):
         assert again.texts == []
 
 
+def test_a_liked_paper_is_encoded_once_ever_not_once_a_day(engine, tmp_path, monkeypatch):
+    """Liked papers among the candidates are read from the candidates' stored rows; older
+    ones from the store (encoded and stored the first time): ranking encodes only topics."""
+    from digest import digests
+    from digest.ranking import Profile, RankPaper, prepare_corpus, rank_prepared
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path)
+    with Session(engine) as session:
+        old = add_papers(session, 1, start=500, days_ago=30)[0]
+        candidates = add_papers(session, 6)
+        counting = CountingEncoder()
+        monkeypatch.setattr(digests, "load_encoder", lambda **_: counting)
+        profile = Profile(
+            id="p",
+            topics=("robot grasping",),
+            liked=(RankPaper.of(candidates[2]), RankPaper.of(old)),
+        )
+
+        def day() -> list[list[str]]:
+            corpus = prepare_corpus(
+                [RankPaper.of(p) for p in candidates],
+                now=NOW,
+                embeddings=paper_embeddings(encoder=counting, papers=candidates, session=session),
+                encoder=counting.encode,
+            )
+            digests.load_feedback_embeddings(
+                settings=settings, corpus=corpus, profiles=[profile], session=session
+            )
+            session.commit()
+            return [[p.paper_id for p in picks] for picks in rank_prepared(corpus, [profile])]
+
+        first = day()
+        paper_texts = {paper_text(p.title, p.abstract) for p in [old, *candidates]}
+        assert sorted(t for t in counting.texts if t in paper_texts) == sorted(paper_texts)
+        assert [t for t in counting.texts if t not in paper_texts] == ["robot grasping"]
+        counting.texts.clear()
+        assert day() == first
+        assert counting.texts == ["robot grasping"]  # the next day: topics only
+        stored = session.exec(select(PaperEmbedding.paper_id)).all()
+        assert old.id in stored
+
+
 def test_file_cache_keyed_by_model_and_text(tmp_path):
     cache = EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite")
     from digest.ranking import RankPaper

@@ -249,6 +249,16 @@ def rank(app: App, papers_file: Path, profiles_file: Path, now_text: str | None,
     profiles, bad_profiles = read(profiles_file, read_profiles)
     config = dataclasses.replace(digests.ranking_config(app.plain_settings), top_k=top)
     corpus = _rank_corpus(app, papers, now, config)
+    if corpus is not None:
+        from digest.embedding_store import cache_for
+
+        # Liked and disliked papers of the profiles: from the cache, or encoded once and kept.
+        digests.load_feedback_embeddings(
+            settings=app.plain_settings,
+            corpus=corpus,
+            profiles=profiles,
+            cache=cache_for(app.plain_settings.cache_dir),
+        )
     batch = 500
     with click.progressbar(
         length=len(profiles), label="Ranking", file=sys.stderr, hidden=not sys.stderr.isatty()

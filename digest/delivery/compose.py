@@ -17,7 +17,13 @@ from digest.db import one_of
 from digest.delivery.corpus_cache import CorpusCache
 from digest.delivery.planner import status_reason, window_of
 from digest.delivery.store import Claim
-from digest.digests import digest_context, empty_reason, profiles_for, ranking_config
+from digest.digests import (
+    digest_context,
+    empty_reason,
+    load_feedback_embeddings,
+    profiles_for,
+    ranking_config,
+)
 from digest.envelope import bounce_address, envelope
 from digest.models import Delivery, DeliveryItem, Paper, Subscriber
 from digest.ranking import Pick, rank_prepared
@@ -124,6 +130,9 @@ def compose(
         composed.digest_date = day
         corpus, papers = cache.get(session=session, settings=settings, digest_date=day, now=now)
         profiles = profiles_for(session=session, subscribers=[s for _, s in pairs], today=day)
+        load_feedback_embeddings(
+            session=session, settings=settings, corpus=corpus, profiles=profiles
+        )
         picks_per = rank_prepared(corpus, profiles, config=ranking_config(settings))
         for (delivery, subscriber), picks in zip(pairs, picks_per, strict=True):
             if not picks:

@@ -34,7 +34,12 @@ from digest.delivery.report import (
 from digest.delivery.state import release_claim, set_state
 from digest.delivery.store import Claim, DeliveryStore, delivery_store
 from digest.delivery.transmit import transmit
-from digest.digests import empty_reason, profiles_for, ranking_config
+from digest.digests import (
+    empty_reason,
+    load_feedback_embeddings,
+    profiles_for,
+    ranking_config,
+)
 from digest.mailer import Mailer
 from digest.models import DeliveryState, Subscriber
 from digest.ranking import rank_prepared
@@ -252,6 +257,7 @@ def _dry_run(
     day = digest_date or local_date(subscribers[0].timezone, now)
     corpus, _ = CorpusCache().get(session=session, settings=settings, digest_date=day, now=now)
     profiles = profiles_for(session=session, subscribers=subscribers)
+    load_feedback_embeddings(session=session, settings=settings, corpus=corpus, profiles=profiles)
     for subscriber, picks in zip(
         subscribers, rank_prepared(corpus, profiles, config=ranking_config(settings)), strict=True
     ):

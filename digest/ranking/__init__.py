@@ -9,7 +9,13 @@ side prepared once per run, with its memos), `scoring` (relevance and scores for
 profiles) and `picks` (from scores to explained picks).
 """
 
-from digest.ranking.corpus import PreparedCorpus, QueryMemo, TextRows, prepare_corpus
+from digest.ranking.corpus import (
+    PreparedCorpus,
+    QueryMemo,
+    TextRows,
+    prepare_corpus,
+    remember_embeddings,
+)
 from digest.ranking.lexical import MIN_SEMANTIC_DOCS, TopicModel
 from digest.ranking.model import Encoder, Pick, Profile, RankingConfig, RankPaper
 from digest.ranking.picks import _row_dots
@@ -35,6 +41,7 @@ __all__ = [
     "rank_papers",
     "rank_prepared",
     "recency",
+    "remember_embeddings",
     "trending",
     "truncated_svd",
 ]

@@ -53,6 +53,9 @@ class PreparedCorpus:
     # TF-IDF rows of liked and disliked papers by text: a paper many subscribers liked is
     # tokenised once (a bounded memo).
     feedback_rows: TextRows = field(default_factory=lambda: TextRows(FEEDBACK_MEMO_ROWS))
+    # Each candidate's column in `embedded_t` by its embedding text, made on first use: a liked
+    # paper that is a candidate is read from there, never encoded again.
+    candidate_columns: dict[str, int] | None = None
 
 
 FEEDBACK_MEMO_ROWS = 20_000  # about 25 MB of abstracts
@@ -195,13 +198,31 @@ def encode_memo(corpus: PreparedCorpus, model: TopicModel, texts: Sequence[str])
         return _encode(model, texts)
     memo = corpus.query_embeddings
     missing = [t for t in dict.fromkeys(texts) if t not in memo]
+    found: dict[str, np.ndarray] = {}
+    if missing and corpus.embedded_t is not None:
+        if corpus.candidate_columns is None:
+            corpus.candidate_columns = {p.embedding_text: i for i, p in enumerate(corpus.papers)}
+        columns = corpus.candidate_columns
+        known = [t for t in missing if t in columns]
+        if known:
+            rows = corpus.embedded_t[:, [columns[t] for t in known]].T
+            found.update(zip(known, rows, strict=True))
+            missing = [t for t in missing if t not in columns]
     if missing:
-        if len(memo) + len(missing) > QUERY_EMBEDDINGS_MAX:
-            memo.clear()
-        memo.update(zip(missing, _encode(model, missing), strict=True))
+        found.update(zip(missing, _encode(model, missing), strict=True))
+    if found:
+        remember_embeddings(corpus, list(found), np.stack(list(found.values())))
     if not texts:
         return np.zeros((0, 0))
-    return np.stack([memo[t] for t in texts])
+    return np.stack([found[t] if t in found else memo[t] for t in texts])
+
+
+def remember_embeddings(corpus: PreparedCorpus, texts: Sequence[str], rows: np.ndarray) -> None:
+    """Unit rows of `texts` (read from the store, or just encoded) for `encode_memo` to find."""
+    memo = corpus.query_embeddings
+    if len(memo) + len(texts) > QUERY_EMBEDDINGS_MAX:
+        memo.clear()
+    memo.update(zip(texts, normalize(np.asarray(rows, dtype=np.float64)), strict=True))
 
 
 def _encode(model: TopicModel, texts: Sequence[str]) -> np.ndarray:
