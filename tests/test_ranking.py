@@ -595,3 +595,41 @@ def test_speed_trick_text_rows_tokenise_feedback_papers_once_per_corpus_within_a
     memo.matrix(model, [texts[3]])  # the least recently used (texts[0]) goes
     assert list(memo.rows) == [texts[2], texts[1], texts[3]]
     assert memo.matrix(model, []).shape == (0, len(model.vectorizer.vocabulary_))
+
+
+def _unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_topic_meaning_is_read_against_what_the_days_papers_share():
+    """`center_share` takes the candidates' common direction off before the cosine, and
+    `expansion_papers` mixes in the cosine to the centroid of the topic's closest papers: a
+    paper on the topic in other words rises above one that only shares the day's common
+    ground; without them the plain cosine ranks."""
+    from digest.ranking.corpus import prepare_corpus as prepare
+    from digest.ranking.scoring import _meaning
+
+    papers = [make_rank_paper(id=f"p{i}") for i in range(12)]
+    rows = [_unit(0.95, 0.0, 0.0, 0.3) for _ in range(9)]  # what every paper of the day shares
+    rows += [
+        _unit(0.3, 0.95, 0.0, 0.0),  # p9: the topic, in other words
+        _unit(0.99, 0.0, 0.1, 0.0),  # p10: the common ground, nothing of the topic
+        _unit(0.4, 0.8, 0.3, 0.0),  # p11: near the topic too
+    ]
+    corpus = prepare(papers, now=NOW, embeddings=np.vstack(rows))
+    query = _unit(0.8, 0.6, 0.0, 0.0)[None, :]
+    plain = query @ corpus.embedded_t
+    same = _meaning(corpus, query, plain, RankingConfig())
+    assert same is plain
+    centered = _meaning(corpus, query, plain, RankingConfig(center_share=0.5))
+    assert plain[0, 9] - plain[0, 10] < 0.05  # the plain cosine hardly tells them apart
+    assert centered[0, 9] - centered[0, 10] > 0.2
+    expanded = _meaning(
+        corpus,
+        query,
+        plain,
+        RankingConfig(center_share=0.5, expansion_papers=2, expansion_weight=0.5),
+    )
+    assert np.argsort(-expanded[0])[:2].tolist() in ([9, 11], [11, 9])
+    assert expanded[0, 10] < expanded[0, 9] - 0.2

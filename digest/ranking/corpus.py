@@ -56,6 +56,9 @@ class PreparedCorpus:
     # Each candidate's column in `embedded_t` by its embedding text, made on first use: a liked
     # paper that is a candidate is read from there, never encoded again.
     candidate_columns: dict[str, int] | None = None
+    # By share of the mean taken off: the candidates' mean embedding and (dimensions x papers)
+    # of their unit rows after taking that share of it off, made on first use.
+    centered: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 FEEDBACK_MEMO_ROWS = 20_000  # about 25 MB of abstracts
@@ -215,6 +218,18 @@ def encode_memo(corpus: PreparedCorpus, model: TopicModel, texts: Sequence[str])
     if not texts:
         return np.zeros((0, 0))
     return np.stack([found[t] if t in found else memo[t] for t in texts])
+
+
+def centered_columns(corpus: PreparedCorpus, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' mean embedding, and their embeddings with `share` of it taken off,
+    renormalised, as (dimensions x papers)."""
+    if corpus.embedded_t is None:
+        raise RuntimeError("centered_columns() needs a corpus with embeddings")
+    if share not in corpus.centered:
+        rows = corpus.embedded_t.T
+        mean = rows.mean(axis=0)
+        corpus.centered[share] = (mean, np.ascontiguousarray(normalize(rows - share * mean).T))
+    return corpus.centered[share]
 
 
 def remember_embeddings(corpus: PreparedCorpus, texts: Sequence[str], rows: np.ndarray) -> None:

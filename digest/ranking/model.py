@@ -117,6 +117,14 @@ class RankingConfig:
     # Chosen on the benchmark's tuning months (bench/relevance.py --split tune).
     hybrid: bool = True
     dense_weight: float = 0.85
+    # How topics are read against the day's papers for ranking (the gate and the reasons read
+    # the plain cosine): `center_share` of the candidates' mean embedding is taken off the
+    # topic and the papers before their cosine (what every paper shares says nothing about a
+    # topic); then pseudo-relevance feedback mixes in, by `expansion_weight`, the cosine to the
+    # centroid of the topic's `expansion_papers` closest papers (all the mean taken off).
+    center_share: float = 0.0
+    expansion_papers: int = 0
+    expansion_weight: float = 0.0
     liked_dense_weight: float = 0.7
     hybrid_min_relevance: float = 0.1
     match_similarity: float = 0.44

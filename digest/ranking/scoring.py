@@ -19,6 +19,7 @@ from digest.ranking.corpus import (
     QueryMemo,
     TextRows,
     _encode,
+    centered_columns,
     encode_memo,
     prepare_corpus,
 )
@@ -152,9 +153,10 @@ def _query_similarities(
                 rows[text] = row
     missing = [t for t in dict.fromkeys(texts) if t not in rows]
     if missing and corpus.lexical is not None and corpus.embedded_t is not None:
-        closeness = encode_memo(corpus, model, missing) @ corpus.embedded_t
+        queries = encode_memo(corpus, model, missing)
+        closeness = queries @ corpus.embedded_t
         words = corpus.lexical.scores(missing)
-        sims = fuse(closeness, words, config.dense_weight)
+        sims = fuse(_meaning(corpus, queries, closeness, config), words, config.dense_weight)
         if gated:
             # Below the gate a paper is not sent for this topic: marked under any threshold.
             mix = fuse(closeness, words, config.gate_dense_weight)
@@ -180,6 +182,28 @@ def _query_similarities(
         )
         _remember(rows, memo, missing, sims)
     return [rows[text] for text in texts]
+
+
+def _meaning(
+    corpus: PreparedCorpus, queries: np.ndarray, closeness: np.ndarray, config: RankingConfig
+) -> np.ndarray:
+    """(queries x papers): what ranks topics in meaning. The plain cosine (`closeness`), or,
+    as the configuration says, the cosine with a share of the candidates' mean taken off,
+    mixed with the cosine to the centroid of each topic's closest papers."""
+    share, k, weight = config.center_share, config.expansion_papers, config.expansion_weight
+    if share <= 0 and (k <= 0 or weight <= 0):
+        return closeness
+    meaning = closeness
+    if share > 0:
+        mean, centered_t = centered_columns(corpus, share)
+        meaning = normalize(queries - share * mean) @ centered_t
+    if k > 0 and weight > 0:
+        k = min(k, meaning.shape[1])
+        top = np.argpartition(-meaning, k - 1, axis=1)[:, :k]
+        _, apart_t = centered_columns(corpus, 1.0)
+        centroids = normalize(apart_t.T[top].mean(axis=1))
+        meaning = (1.0 - weight) * meaning + weight * (centroids @ apart_t)
+    return np.asarray(meaning)
 
 
 def _remember(
