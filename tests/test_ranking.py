@@ -610,19 +610,20 @@ def test_topic_meaning_is_read_against_what_the_days_papers_share():
     from digest.ranking.corpus import prepare_corpus as prepare
     from digest.ranking.scoring import _meaning
 
-    papers = [make_rank_paper(id=f"p{i}") for i in range(12)]
+    papers = [make_rank_paper(id=f"p{i}") for i in range(109)]
     rows = [_unit(0.95, 0.0, 0.0, 0.3) for _ in range(9)]  # what every paper of the day shares
     rows += [
         _unit(0.3, 0.95, 0.0, 0.0),  # p9: the topic, in other words
         _unit(0.99, 0.0, 0.1, 0.0),  # p10: the common ground, nothing of the topic
         _unit(0.4, 0.8, 0.3, 0.0),  # p11: near the topic too
     ]
+    rows += [_unit(0.95, 0.0, 0.0, 0.3) for _ in range(97)]
     corpus = prepare(papers, now=NOW, embeddings=np.vstack(rows))
     query = _unit(0.8, 0.6, 0.0, 0.0)[None, :]
     plain = query @ corpus.embedded_t
-    same = _meaning(corpus, query, plain, RankingConfig())
+    same = _meaning(corpus, query, plain, RankingConfig(center_share=0, expansion_weight=0))
     assert same is plain
-    centered = _meaning(corpus, query, plain, RankingConfig(center_share=0.5))
+    centered = _meaning(corpus, query, plain, RankingConfig(center_share=0.5, expansion_weight=0))
     assert plain[0, 9] - plain[0, 10] < 0.05  # the plain cosine hardly tells them apart
     assert centered[0, 9] - centered[0, 10] > 0.2
     expanded = _meaning(
@@ -633,3 +634,7 @@ def test_topic_meaning_is_read_against_what_the_days_papers_share():
     )
     assert np.argsort(-expanded[0])[:2].tolist() in ([9, 11], [11, 9])
     assert expanded[0, 10] < expanded[0, 9] - 0.2
+    # A handful of candidates says little about the day: the plain cosine ranks them.
+    few = prepare(papers[:12], now=NOW, embeddings=np.vstack(rows[:12]))
+    few_plain = query @ few.embedded_t
+    assert _meaning(few, query, few_plain, RankingConfig()) is few_plain

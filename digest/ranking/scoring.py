@@ -185,6 +185,11 @@ def _query_similarities(
     return [rows[text] for text in texts]
 
 
+# Fewer candidates than this say little about what the day's papers share, or about a topic's
+# closest ones: topics are then read by the plain cosine.
+READ_AGAINST_MIN_PAPERS = 100
+
+
 def _meaning(
     corpus: PreparedCorpus, queries: np.ndarray, closeness: np.ndarray, config: RankingConfig
 ) -> np.ndarray:
@@ -192,7 +197,7 @@ def _meaning(
     as the configuration says, the cosine with a share of the candidates' mean taken off,
     mixed with the cosine to the centroid of each topic's closest papers."""
     share, k, weight = config.center_share, config.expansion_papers, config.expansion_weight
-    if share <= 0 and (k <= 0 or weight <= 0):
+    if (share <= 0 and (k <= 0 or weight <= 0)) or closeness.shape[1] < READ_AGAINST_MIN_PAPERS:
         return closeness
     meaning = closeness
     if share > 0:
