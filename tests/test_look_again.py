@@ -41,6 +41,7 @@ def test_a_day_skipped_for_nothing_relevant_is_sent_when_a_relevant_paper_comes(
     second = send(session, db_settings, later)
 
     assert second.sent == [("a@example.com", 1)]
+    assert second.digest_date == DAY
     (row,) = session.exec(select(Delivery)).all()
     assert (row.state, row.digest_date, row.reason) == (DeliveryState.SENT, DAY, None)
     assert len(list(db_settings.outbox_dir.glob("*.eml"))) == 1
@@ -104,3 +105,19 @@ def test_a_skip_for_the_subscribers_sake_is_not_a_skip_for_want_of_papers():
     assert is_empty_reason("no candidate papers from the last 7 days")
     for reason in (None, "unsubscribed", "paused until 2026-07-01", "not confirmed yet"):
         assert not is_empty_reason(reason)
+
+
+def test_a_workers_cached_corpus_sees_papers_stored_since(seeded_store, db_settings):
+    """A worker keeps the day's prepared corpus for minutes; a digest looked at again because
+    papers came must not be ranked against the corpus from before them."""
+    session = seeded_store
+    cache = delivery.CorpusCache()
+    before, _ = cache.get(session=session, settings=db_settings, digest_date=DAY, now=NOW)
+    again, _ = cache.get(session=session, settings=db_settings, digest_date=DAY, now=NOW)
+    assert again is before  # nothing changed: reused
+    new = protein_paper()
+    store_papers(session, [new], now=NOW + dt.timedelta(minutes=5))
+    after, _ = cache.get(
+        session=session, settings=db_settings, digest_date=DAY, now=NOW + dt.timedelta(minutes=6)
+    )
+    assert after is not before and new.id in after.index and new.id not in before.index

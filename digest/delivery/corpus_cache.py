@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from digest import ranking
@@ -47,7 +48,9 @@ CORPUS_FORMAT = (2, _ranking_code_hash())
 
 
 class CorpusCache:
-    """Prepared candidate corpora by digest date, reused across batches for `max_age` seconds.
+    """Prepared candidate corpora by digest date, reused across batches for `max_age` seconds,
+    as long as no paper was stored or changed since (a digest looked at again because papers
+    came must be ranked with them).
 
     With a `directory`, a prepared corpus is also shared between the worker processes of a
     host: the first to need it fits the model (seconds, and the memory peak of the day) under a
@@ -63,14 +66,17 @@ class CorpusCache:
         self.max_age = max_age
         self.clock = clock
         self.directory = directory
-        self._entries: dict[dt.date, tuple[float, PreparedCorpus, dict[str, Paper]]] = {}
+        self._entries: dict[
+            dt.date, tuple[float, dt.datetime | None, PreparedCorpus, dict[str, Paper]]
+        ] = {}
 
     def get(
         self, *, session: Session, settings: Settings, digest_date: dt.date, now: dt.datetime
     ) -> tuple[PreparedCorpus, dict[str, Paper]]:
         entry = self._entries.get(digest_date)
-        if entry is not None and self.clock() - entry[0] < self.max_age:
-            return entry[1], entry[2]
+        changed_at = session.execute(select(func.max(Paper.updated_at))).scalar()
+        if entry is not None and self.clock() - entry[0] < self.max_age and entry[1] == changed_at:
+            return entry[2], entry[3]
         # What the last corpus left out of garbage collection is collectable again.
         gc.unfreeze()
         self._entries = {}
@@ -81,7 +87,8 @@ class CorpusCache:
         corpus = self._prepare(session, papers, as_of, settings)
         by_id = {p.id: p for p in papers}
         release_freed_memory()
-        self._entries = {digest_date: (self.clock(), corpus, by_id)}  # keep one date's corpus
+        # Keep one date's corpus.
+        self._entries = {digest_date: (self.clock(), changed_at, corpus, by_id)}
         # The corpus (thousands of papers, their reasons, the query memo) lives as long as this
         # entry: left out of the collector's passes, which otherwise walked it again and again,
         # a tenth of a worker's time. Unfrozen when the entry is replaced.

@@ -158,12 +158,12 @@ def _plan_page(
     if not candidates:
         return []
     fresh, reopen = _without_deliveries(session, request, candidates, plan)
-    plan.dates |= {day for _, _, day in fresh}
+    plan.dates |= {day for _, _, day in fresh} | {day for _, _, day in reopen}
     if request.dry_run:
         # Subscriber ids in a dry run.
-        plan.delivery_ids.extend([sid for sid, _, _ in fresh] + [sid for sid, _ in reopen])
+        plan.delivery_ids.extend([sid for sid, _, _ in fresh] + [sid for sid, _, _ in reopen])
         return []
-    reopened = _reopen(session, request, [delivery_id for _, delivery_id in reopen])
+    reopened = _reopen(session, request, [delivery_id for _, delivery_id, _ in reopen])
     plan.reopened.extend(reopened)
     plan.delivery_ids.extend(reopened)
     if not fresh:
@@ -240,9 +240,9 @@ def _due(request: _Request, rows: Sequence[Any], plan: Plan) -> list[_Candidate]
 
 def _without_deliveries(
     session: Session, request: _Request, candidates: list[_Candidate], plan: Plan
-) -> tuple[list[_Candidate], list[tuple[int, int]]]:
+) -> tuple[list[_Candidate], list[tuple[int, int, dt.date]]]:
     """The candidates that have no delivery for their date yet, and (subscriber id, delivery
-    id) of those whose digest was skipped for want of papers before papers came.
+    id, date) of those whose digest was skipped for want of papers before papers came.
 
     The others who have one get nothing new, and are told why. Those whose delivery is stuck
     (see `state.stuck`: planned long ago by a run that stopped, or sending under an expired
@@ -281,7 +281,7 @@ def _without_deliveries(
             continue
         delivery_id, delivery_state, again, stale = match
         if stale:
-            reopen.append((sid, delivery_id))
+            reopen.append((sid, delivery_id, day))
         elif again:
             plan.retry_ids.append(delivery_id)
         else:
