@@ -182,8 +182,13 @@ def ingest_source(
     categories: Sequence[str] | None = None,
     sleep: Sleep = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    stored_at: Callable[[], dt.datetime] | None = None,
 ) -> Run:
-    """Fetch one source, store what could be read, and record the run; never deletes papers."""
+    """Fetch one source, store what could be read, and record the run; never deletes papers.
+
+    `stored_at` (a wall clock; default: `now`) stamps the papers when they are written, not when
+    the fetch began: a digest skipped for want of papers while this run fetched is looked at
+    again because its papers are stamped after the skip."""
     if source not in SOURCES:
         raise UserError(f"Unknown source {source!r}; choose one of {', '.join(SOURCES)}.")
     categories = list(categories or settings.arxiv_categories)
@@ -218,7 +223,8 @@ def ingest_source(
         except Exception as exc:  # a bug or an unforeseen failure: record it, keep the store
             _record_crash(session, run, summary, exc, now)
             raise
-        result = upsert_papers(session=session, papers=collected.papers, now=now)
+        written = stored_at() if stored_at is not None else now
+        result = upsert_papers(session=session, papers=collected.papers, now=written)
         summary.update(
             fetched=len(collected.papers),
             new=result.new,
@@ -279,6 +285,7 @@ def ingest_sources(
             day=day,
             categories=categories,
             sleep=sleep,
+            stored_at=clock,
         )
         runs.append(run)
         if on_done is not None:

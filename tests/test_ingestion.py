@@ -325,3 +325,16 @@ def test_bulk_insert_leaves_a_row_another_writer_stored_meanwhile_to_the_merge(e
         assert insert_new(session, rows) == {"2606.00002"}
         session.commit()
         assert session.exec(select(func.count()).select_from(Paper)).one() == 2
+
+
+def test_papers_are_stamped_when_written_not_when_the_fetch_began(engine, db_settings, mocked):
+    """A digest skipped for want of papers while a fetch ran (stamped between the fetch's start
+    and its write) must see the fetch's papers as newer than the skip: they are stamped when
+    stored, so the planner looks at the skipped digest again."""
+    mocked.get(HF_DAILY_PAPERS_URL, body=fixture_bytes(HF_JUNE))
+    written = NOW + dt.timedelta(minutes=4)
+    run = run_source(engine, db_settings, "hf", day=dt.date(2026, 6, 12), stored_at=lambda: written)
+    assert run.started_at == NOW
+    with Session(engine) as session:
+        stamps = set(session.exec(select(Paper.updated_at)).all())
+    assert stamps == {written}

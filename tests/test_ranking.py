@@ -470,8 +470,8 @@ def test_speed_trick_query_memo_computes_shared_topics_once_and_a_tiny_memo_rank
     (memo,) = roomy.query_rows.values()
     # Two single topics and one joint query, each computed and kept once.
     assert sorted(memo.rows) == [
+        "\x00diffusion models\x00legged robots",  # the joint query, never taken for a topic
         "diffusion models",
-        "diffusion models ; legged robots",
         "legged robots",
     ]
     kept = {text: row for text, row in memo.rows.items()}

@@ -141,3 +141,22 @@ def test_the_default_config_is_hybrid_with_a_gate():
     # A clearly present topic is matched first; only then may its floors be lower.
     assert 0 < config.strong_paper_gate_min <= config.paper_gate_min <= config.strong_gate_min
     assert config.gate_min <= config.strong_gate_min < 1
+
+
+def test_a_profiles_picks_do_not_depend_on_who_shares_its_batch(seeds):
+    """Joint queries (a profile's topics together) are keyed so that a topic typed with
+    semicolons, or another profile's topics split elsewhere, is never taken for them."""
+    profiles = [
+        Profile(id="a", topics=("diffusion models ; language models", "image generation")),
+        Profile(id="b", topics=("diffusion models", "language models ; image generation")),
+        Profile(id="c", topics=("diffusion models", "language models", "image generation")),
+        Profile(id="d", topics=("diffusion models ; language models ; image generation",)),
+    ]
+
+    def ids(picks):
+        return [(p.paper_id, round(p.score, 9)) for p in picks]
+
+    alone = [ids(rank_prepared(seeds, [p])[0]) for p in profiles]
+    for order in (profiles, profiles[::-1]):
+        together = dict(zip([p.id for p in order], rank_prepared(seeds, order), strict=True))
+        assert [ids(together[p.id]) for p in profiles] == alone

@@ -213,11 +213,13 @@ def encode_memo(corpus: PreparedCorpus, model: TopicModel, texts: Sequence[str])
             missing = [t for t in missing if t not in columns]
     if missing:
         found.update(zip(missing, _encode(model, missing), strict=True))
-    if found:
-        remember_embeddings(corpus, list(found), np.stack(list(found.values())))
     if not texts:
         return np.zeros((0, 0))
-    return np.stack([found[t] if t in found else memo[t] for t in texts])
+    # Read before remembering: a full memo is cleared to make room.
+    out = np.stack([found[t] if t in found else memo[t] for t in texts])
+    if found:
+        remember_embeddings(corpus, list(found), np.stack(list(found.values())))
+    return out
 
 
 def centered_columns(corpus: PreparedCorpus, share: float) -> tuple[np.ndarray, np.ndarray]:
