@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
+from sqlalchemy import func as sqlfunc
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -246,6 +247,15 @@ def import_papers(
     if pending:
         flush()
     return report
+
+
+def papers_changed_at(*, session: Session) -> dt.datetime | None:
+    """When a paper was last stored or changed (None for an empty store): what a digest
+    skipped for want of papers, or a prepared corpus, is compared with."""
+    changed: dt.datetime | None = session.execute(
+        core_select(sqlfunc.max(col(Paper.updated_at)))
+    ).scalar()
+    return changed
 
 
 def has_papers(*, session: Session) -> bool:

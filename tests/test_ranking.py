@@ -608,7 +608,7 @@ def test_topic_meaning_is_read_against_what_the_days_papers_share():
     paper on the topic in other words rises above one that only shares the day's common
     ground; without them the plain cosine ranks."""
     from digest.ranking.corpus import prepare_corpus as prepare
-    from digest.ranking.scoring import _meaning
+    from digest.ranking.corpus import topic_meaning
 
     papers = [make_rank_paper(id=f"p{i}") for i in range(109)]
     rows = [_unit(0.95, 0.0, 0.0, 0.3) for _ in range(9)]  # what every paper of the day shares
@@ -621,12 +621,14 @@ def test_topic_meaning_is_read_against_what_the_days_papers_share():
     corpus = prepare(papers, now=NOW, embeddings=np.vstack(rows))
     query = _unit(0.8, 0.6, 0.0, 0.0)[None, :]
     plain = query @ corpus.embedded_t
-    same = _meaning(corpus, query, plain, RankingConfig(center_share=0, expansion_weight=0))
+    same = topic_meaning(corpus, query, plain, RankingConfig(center_share=0, expansion_weight=0))
     assert same is plain
-    centered = _meaning(corpus, query, plain, RankingConfig(center_share=0.5, expansion_weight=0))
+    centered = topic_meaning(
+        corpus, query, plain, RankingConfig(center_share=0.5, expansion_weight=0)
+    )
     assert plain[0, 9] - plain[0, 10] < 0.05  # the plain cosine hardly tells them apart
     assert centered[0, 9] - centered[0, 10] > 0.2
-    expanded = _meaning(
+    expanded = topic_meaning(
         corpus,
         query,
         plain,
@@ -637,4 +639,4 @@ def test_topic_meaning_is_read_against_what_the_days_papers_share():
     # A handful of candidates says little about the day: the plain cosine ranks them.
     few = prepare(papers[:12], now=NOW, embeddings=np.vstack(rows[:12]))
     few_plain = query @ few.embedded_t
-    assert _meaning(few, query, few_plain, RankingConfig()) is few_plain
+    assert topic_meaning(few, query, few_plain, RankingConfig()) is few_plain

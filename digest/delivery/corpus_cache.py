@@ -15,14 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
 from sqlmodel import Session
 
 from digest import ranking
 from digest.config import Settings
 from digest.digests import digest_as_of, prepare_candidates, ranking_config
 from digest.models import Paper
-from digest.paperstore import candidate_papers
+from digest.paperstore import candidate_papers, papers_changed_at
 from digest.ranking import PreparedCorpus
 
 
@@ -74,7 +73,7 @@ class CorpusCache:
         self, *, session: Session, settings: Settings, digest_date: dt.date, now: dt.datetime
     ) -> tuple[PreparedCorpus, dict[str, Paper]]:
         entry = self._entries.get(digest_date)
-        changed_at = session.execute(select(func.max(Paper.updated_at))).scalar()
+        changed_at = papers_changed_at(session=session)
         if entry is not None and self.clock() - entry[0] < self.max_age and entry[1] == changed_at:
             return entry[2], entry[3]
         # What the last corpus left out of garbage collection is collectable again.

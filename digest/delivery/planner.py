@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, select, update
 from sqlmodel import Session, col
 
 from digest.config import Settings
@@ -27,7 +27,8 @@ from digest.delivery.store import DeliveryStore, delivery_store
 from digest.digests import is_empty_reason
 from digest.envelope import message_id_domain, new_message_ids
 from digest.errors import UserError
-from digest.models import Delivery, DeliveryState, Paper, Subscriber, SubscriberStatus
+from digest.models import Delivery, DeliveryState, Subscriber, SubscriberStatus
+from digest.paperstore import papers_changed_at
 from digest.schedule import SendWindow, latest_due, local_date, not_due_reason
 from digest.subscribers import normalize_email
 
@@ -121,8 +122,9 @@ def plan_deliveries(
     Subscribers are planned a page at a time; `on_planned` gets each page's new delivery ids as
     soon as they are committed, so sending starts while the planner goes on.
     """
-    papers_changed_at = session.execute(select(func.max(Paper.updated_at))).scalar()
-    request = _Request(settings, now, digest_date, email, dry_run, papers_changed_at)
+    request = _Request(
+        settings, now, digest_date, email, dry_run, papers_changed_at(session=session)
+    )
     store = delivery_store(session)
     plan = Plan()
     last_id = 0

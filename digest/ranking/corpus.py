@@ -234,6 +234,36 @@ def centered_columns(corpus: PreparedCorpus, share: float) -> tuple[np.ndarray, 
     return corpus.centered[share]
 
 
+# Fewer candidates than this say little about what the day's papers share, or about a topic's
+# closest ones: topics are then read by the plain cosine.
+READ_AGAINST_MIN_PAPERS = 100
+
+
+def topic_meaning(
+    corpus: PreparedCorpus,
+    queries: np.ndarray,
+    closeness: np.ndarray,
+    config: RankingConfig,
+) -> np.ndarray:
+    """(queries x papers): what ranks topics in meaning. The plain cosine (`closeness`), or,
+    as the configuration says, the cosine with a share of the candidates' mean taken off,
+    mixed with the cosine to the centroid of each topic's closest papers."""
+    share, k, weight = config.center_share, config.expansion_papers, config.expansion_weight
+    if (share <= 0 and (k <= 0 or weight <= 0)) or closeness.shape[1] < READ_AGAINST_MIN_PAPERS:
+        return closeness
+    meaning = closeness
+    if share > 0:
+        mean, centered_t = centered_columns(corpus, share)
+        meaning = normalize(queries - share * mean) @ centered_t
+    if k > 0 and weight > 0:
+        k = min(k, meaning.shape[1])
+        top = np.argpartition(-meaning, k - 1, axis=1)[:, :k]
+        _, apart_t = centered_columns(corpus, 1.0)
+        centroids = normalize(apart_t.T[top].mean(axis=1))
+        meaning = (1.0 - weight) * meaning + weight * (centroids @ apart_t)
+    return np.asarray(meaning)
+
+
 def remember_embeddings(corpus: PreparedCorpus, texts: Sequence[str], rows: np.ndarray) -> None:
     """Unit rows of `texts` (read from the store, or just encoded) for `encode_memo` to find."""
     memo = corpus.query_embeddings

@@ -19,9 +19,9 @@ from digest.ranking.corpus import (
     QueryMemo,
     TextRows,
     _encode,
-    centered_columns,
     encode_memo,
     prepare_corpus,
+    topic_meaning,
 )
 from digest.ranking.hybrid import fuse
 from digest.ranking.lexical import TopicModel
@@ -161,7 +161,7 @@ def _query_similarities(
         queries = meanings(missing) if meanings is not None else encode_memo(corpus, model, missing)
         closeness = queries @ corpus.embedded_t
         words = corpus.lexical.scores(missing)
-        sims = fuse(_meaning(corpus, queries, closeness, config), words, config.dense_weight)
+        sims = fuse(topic_meaning(corpus, queries, closeness, config), words, config.dense_weight)
         if gated:
             # Below the gate a paper is not sent for this topic: marked under any threshold.
             mix = fuse(closeness, words, config.gate_dense_weight)
@@ -187,33 +187,6 @@ def _query_similarities(
         )
         _remember(rows, memo, missing, sims)
     return [rows[text] for text in texts]
-
-
-# Fewer candidates than this say little about what the day's papers share, or about a topic's
-# closest ones: topics are then read by the plain cosine.
-READ_AGAINST_MIN_PAPERS = 100
-
-
-def _meaning(
-    corpus: PreparedCorpus, queries: np.ndarray, closeness: np.ndarray, config: RankingConfig
-) -> np.ndarray:
-    """(queries x papers): what ranks topics in meaning. The plain cosine (`closeness`), or,
-    as the configuration says, the cosine with a share of the candidates' mean taken off,
-    mixed with the cosine to the centroid of each topic's closest papers."""
-    share, k, weight = config.center_share, config.expansion_papers, config.expansion_weight
-    if (share <= 0 and (k <= 0 or weight <= 0)) or closeness.shape[1] < READ_AGAINST_MIN_PAPERS:
-        return closeness
-    meaning = closeness
-    if share > 0:
-        mean, centered_t = centered_columns(corpus, share)
-        meaning = normalize(queries - share * mean) @ centered_t
-    if k > 0 and weight > 0:
-        k = min(k, meaning.shape[1])
-        top = np.argpartition(-meaning, k - 1, axis=1)[:, :k]
-        _, apart_t = centered_columns(corpus, 1.0)
-        centroids = normalize(apart_t.T[top].mean(axis=1))
-        meaning = (1.0 - weight) * meaning + weight * (centroids @ apart_t)
-    return np.asarray(meaning)
 
 
 def _remember(
