@@ -86,6 +86,26 @@ def first_connection(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def _use_wal(cursor: Any, patience: float = 30.0) -> None:
+    """Put the SQLite file in WAL mode (a lasting property of the file, so set once). Processes
+    opening a fresh file together each try to switch it; SQLite answers the losers "database
+    is locked" at once, without waiting its busy timeout, so they try again here."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def make_engine(database_url: str) -> Engine:
     if database_url.startswith("postgresql://"):
         # psycopg 3 is the driver we ship; SQLAlchemy's bare scheme means psycopg2.
@@ -97,7 +117,7 @@ def make_engine(database_url: str) -> Engine:
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
             # WAL lets the web app read while a worker writes; foreign keys are off by default.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
