@@ -8,6 +8,9 @@ two announcement days before it; eight digest days are spread over each month.
 
 - `--split tune` runs the tuning months (2026-03, 2026-04): choose settings there only.
 - `--split report` runs the held-out months (2026-05, 2026-06): run it once, at the end.
+- `--split fresh` (2025-07, 2025-08) was added on 2026-12-04, before any method ran on it, once
+  the report months had been seen with the ranker of that time: settings chosen on tune after
+  that are reported here. Its liked papers (2025-12..2026-02) come from after its days.
 
 Two kinds of profile, scored apart:
 
@@ -104,7 +107,7 @@ class Interest:
 @dataclass(frozen=True)
 class Cases:
     interests: tuple[Interest, ...]
-    months: dict[str, list[str]]  # tune, report, liked
+    months: dict[str, list[str]]  # tune, report, fresh, liked
     protocol: dict[str, Any]
 
 
@@ -481,6 +484,32 @@ def score_method(
     return {"p10": means[:, 0], "ndcg10": means[:, 1]}
 
 
+def score_quiet(
+    run: Run,
+    days: Sequence[tuple[dt.date, list[Doc]]],
+    profiles: Sequence[BenchProfile],
+) -> dict[str, np.ndarray]:
+    """Days with nothing for a profile, made from the real ones: each digest day's candidates
+    without the papers of the profile's category (what arrives on a day when nobody in the field
+    posted). Per profile, over the days: the mean number of papers sent (each one is noise by
+    the benchmark's labels) and the share of days that send no email. P@10 cannot see this:
+    the days it scores always hold a relevant paper."""
+    by_category: dict[str, list[int]] = defaultdict(list)
+    for j, p in enumerate(profiles):
+        by_category[p.category].append(j)
+    sent = np.zeros(len(profiles))
+    empty = np.zeros(len(profiles))
+    for day, cands in days:
+        now = dt.datetime.combine(day, dt.time(8), tzinfo=dt.UTC)
+        for category, members in by_category.items():
+            quiet = [c for c in cands if category not in c.categories]
+            ranked = run(quiet, [profiles[j] for j in members], now)
+            for j, picks in zip(members, ranked, strict=True):
+                sent[j] += len(picks[:K])
+                empty[j] += not picks
+    return {"quiet_sent": sent / len(days), "quiet_empty": empty / len(days)}
+
+
 def bootstrap(values: np.ndarray, resamples: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95 % percentile interval; `resamples` is (B x n) indices into values."""
     means = values[resamples].mean(axis=1)
@@ -519,7 +548,7 @@ def summarise(
     for name, res in results.items():
         row = {}
         for g, idx in kept.items():
-            for metric in ("p10", "ndcg10"):
+            for metric in res["per_profile"]:
                 row[f"{g}_{metric}"] = bootstrap(res["per_profile"][metric][idx], draws[g])
         table[name] = row
     diffs: dict[str, Any] = {}
@@ -530,7 +559,7 @@ def summarise(
                 continue
             row = {}
             for g, idx in kept.items():
-                for metric in ("p10", "ndcg10"):
+                for metric in results[a]["per_profile"].keys() & results[b]["per_profile"]:
                     d = (
                         results[a]["per_profile"][metric][idx]
                         - results[b]["per_profile"][metric][idx]
@@ -560,6 +589,22 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]], title:
         cells += [ci(row["liked_p10"]), ci(row["liked_ndcg10"])]
         cells += [ci(row[f"{g}_p10"]) for g in counts] + [cpu]
         lines.append("| " + " | ".join(cells) + " |")
+    if all("topics_quiet_sent" in row for row in summary["table"].values()):
+        lines += [
+            "",
+            "Quiet days (each digest day again without the profile's category, so nothing is "
+            f"relevant): papers sent of {K}, and the share of days with no email:",
+            "",
+            "| method | topics: sent | topics: no email | liked: sent | liked: no email |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in summary["table"].items():
+            cells = [name] + [
+                ci(row[f"{kind}_quiet_{m}"])
+                for kind in ("topics", "liked")
+                for m in ("sent", "empty")
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     if summary["diffs"]:
         head = ["difference", "topics P@10", "topics nDCG@10", "liked P@10", "liked nDCG@10"]
         head += [f"liked{g[5:]} P@10" for g in counts]
@@ -599,9 +644,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES)
     parser.add_argument(
         "--split",
-        choices=("tune", "report"),
+        choices=("tune", "report", "fresh"),
         default="tune",
-        help="tune: the months for choosing settings; report: the held-out months, run once",
+        help="tune: the months for choosing settings; report, fresh: held-out months, each run "
+        "once with the settings of its time",
     )
     parser.add_argument(
         "--days",
@@ -618,6 +664,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="change one of our RankingConfig settings (e.g. weight_recency=0) for our methods; "
         "the reported table uses the defaults",
+    )
+    parser.add_argument(
+        "--no-quiet",
+        action="store_true",
+        help="skip the quiet days (each day again without the profile's category: how much is "
+        "sent when nothing is relevant); about as long as the scored days",
     )
     parser.add_argument("--json", type=Path, help="default bench/results/relevance-SPLIT.json")
     args = parser.parse_args(argv)
@@ -666,6 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fit()
         fit_cpu = time.process_time() - t0
         per_profile = score_method(run, days, profiles)
+        if not args.no_quiet:
+            per_profile |= score_quiet(run, days, profiles)
         results[name] = {
             "per_profile": per_profile,
             "cpu_s": time.process_time() - t0,

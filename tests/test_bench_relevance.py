@@ -45,8 +45,11 @@ def test_cases_keep_the_protocol():
     assert len(cases.interests) >= 60 and len(categories) >= 20
     assert not categories & {"cs.CV", "cs.AI", "cs.CL", "cs.LG"}
     assert {i.kind for i in cases.interests} == {"short", "vague", "multi", "jargon"}
-    tune, report, liked = (set(cases.months[k]) for k in ("tune", "report", "liked"))
+    tune, report, fresh, liked = (
+        set(cases.months[k]) for k in ("tune", "report", "fresh", "liked")
+    )
     assert len(tune | report) >= 3 and not tune & report and not liked & (tune | report)
+    assert not fresh & (tune | report | liked)
 
 
 def test_relevance_only_opens_every_floor_of_the_gate():
@@ -58,3 +61,33 @@ def test_relevance_only_opens_every_floor_of_the_gate():
     assert config.gate_min < 0 and config.paper_gate_min < 0 and config.strong_paper_gate_min < 0
     assert config.hybrid_min_relevance == config.min_relevance == 0
     assert config.weight_recency == config.weight_trending == 0
+
+
+def test_quiet_days_leave_out_the_profiles_category_and_count_what_is_sent():
+    import datetime as dt
+
+    day = dt.date(2026, 3, 4)
+    docs = [
+        relevance.Doc(f"{c}{n}", f"{c} paper {n}", "", frozenset({c}), day)
+        for c in ("cs.RO", "cs.CR")
+        for n in range(15)
+    ]
+    profiles = [
+        relevance.BenchProfile("ro", "topics", "cs.RO", ("robots",), (), "short"),
+        relevance.BenchProfile("cr", "topics", "cs.CR", ("attacks",), (), "short"),
+    ]
+    seen: list[set[str]] = []
+
+    def gated(cands, profs, now):
+        # Sends the robots profile two papers, the other nothing.
+        seen.append({c for d in cands for c in d.categories})
+        return [list(range(2)) if p.id == "ro" else [] for p in profs]
+
+    out = relevance.score_quiet(gated, [(day, docs)], profiles)
+    assert sorted(map(sorted, seen)) == [["cs.CR"], ["cs.RO"]]
+    assert out["quiet_sent"].tolist() == [2.0, 0.0]
+    assert out["quiet_empty"].tolist() == [0.0, 1.0]
+    every = relevance.score_quiet(
+        lambda c, ps, now: [list(range(len(c)))] * len(ps), [(day, docs)], profiles
+    )
+    assert every["quiet_sent"].tolist() == [relevance.K, relevance.K]
