@@ -436,8 +436,7 @@ def relevance_only(config: RankingConfig) -> RankingConfig:
         min_relevance=0.0,
         hybrid_min_relevance=0.0,
         gate_min=-1.0,
-        paper_gate_min=-1.0,
-        strong_paper_gate_min=-1.0,
+        topic_min_relevance=-1.0,
     )
 
 

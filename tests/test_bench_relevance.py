@@ -53,12 +53,12 @@ def test_cases_keep_the_protocol():
 
 
 def test_relevance_only_opens_every_floor_of_the_gate():
-    # ours-rel is relevance without threshold or gate: every floor a paper could fall under,
-    # the clearly-present tier's too (strong_paper_dense_min only widens that tier), is open.
+    # ours-rel is relevance without threshold or gate: every floor a paper could fall under is
+    # open.
     from digest.ranking import RankingConfig
 
     config = relevance.relevance_only(RankingConfig())
-    assert config.gate_min < 0 and config.paper_gate_min < 0 and config.strong_paper_gate_min < 0
+    assert config.gate_min < 0 and config.topic_min_relevance < 0
     assert config.hybrid_min_relevance == config.min_relevance == 0
     assert config.weight_recency == config.weight_trending == 0
 

@@ -83,27 +83,46 @@ def _at_cosines(papers_and_cosines):
     )
 
 
-def test_a_clearly_present_topic_also_sends_papers_that_say_it_in_other_words():
+def test_a_matched_topic_also_sends_papers_that_say_it_in_other_words():
     config = RankingConfig()
-    other_words = 0.5  # a cosine above the strong tier's floor in meaning, no shared word
-    assert other_words >= config.strong_paper_dense_min
-    assert config.gate_dense_weight * other_words < config.paper_gate_min
-    strong = _at_cosines(
+    # Under 100 candidates the plain cosine ranks: a paper's relevance is the dense share of
+    # its cosine (no shared word) here.
+    other_words = 0.5  # close in meaning, no word of the topic
+    assert config.dense_weight * other_words >= config.topic_min_relevance
+    assert config.gate_dense_weight * other_words < config.gate_min  # the mix alone: too low
+    matched = _at_cosines(
         [
             (make_rank_paper(id="words", title="Legged locomotion", abstract="Robots."), 0.9),
             (make_rank_paper(id="meaning", title="Quadrupeds walk", abstract="."), other_words),
             (make_rank_paper(id="far", title="Quadruped gaits", abstract="Gaits."), 0.2),
         ]
     )
-    assert {p.paper_id for p in picks_for(strong, "legged locomotion")} == {"words", "meaning"}
-    # Only just matched (its best paper shares no word either): a short digest of its best.
+    assert config.dense_weight * 0.2 < config.topic_min_relevance
+    assert {p.paper_id for p in picks_for(matched, "legged locomotion")} == {"words", "meaning"}
+
+
+def test_a_topic_not_matched_today_sends_nothing_even_close_in_meaning():
+    config = RankingConfig()
+    # No paper shares a word with the topic, so the best mix is half the best cosine: under
+    # the gate, though the paper's ranking relevance is above the floor.
+    unmatched = _at_cosines(
+        [(make_rank_paper(id="meaning", title="Quadrupeds walk", abstract="."), 0.5)]
+    )
+    assert config.gate_dense_weight * 0.5 < config.gate_min
+    assert config.dense_weight * 0.5 >= config.topic_min_relevance
+    assert picks_for(unmatched, "legged locomotion") == []
+
+
+def test_a_weakly_matched_topic_gets_a_short_digest_of_its_best():
+    config = RankingConfig()
     weak = _at_cosines(
         [
             (make_rank_paper(id="close", title="Quadrupeds trot", abstract="Gaits."), 0.56),
-            (make_rank_paper(id="meaning", title="Quadrupeds walk", abstract="."), other_words),
+            (make_rank_paper(id="loose", title="Quadrupeds rest", abstract="."), 0.3),
         ]
     )
-    assert config.gate_min <= config.gate_dense_weight * 0.56 < config.strong_gate_min
+    assert config.gate_min <= config.gate_dense_weight * 0.56
+    assert config.dense_weight * 0.3 < config.topic_min_relevance
     assert [p.paper_id for p in picks_for(weak, "legged locomotion")] == ["close"]
 
 
@@ -137,10 +156,9 @@ def test_a_preference_learns_the_direction_of_what_was_liked():
 
 def test_the_default_config_is_hybrid_with_a_gate():
     config = RankingConfig()
-    assert config.hybrid and 0 < config.paper_gate_min <= config.gate_min < 1
-    # A clearly present topic is matched first; only then may its floors be lower.
-    assert 0 < config.strong_paper_gate_min <= config.paper_gate_min <= config.strong_gate_min
-    assert config.gate_min <= config.strong_gate_min < 1
+    assert config.hybrid and 0 < config.gate_min < 1 and 0 < config.topic_min_relevance < 1
+    # A paper a topic sends is above the threshold every relevance must pass.
+    assert config.topic_min_relevance > config.hybrid_min_relevance
 
 
 def test_a_profiles_picks_do_not_depend_on_who_shares_its_batch(seeds):

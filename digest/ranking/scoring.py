@@ -164,16 +164,11 @@ def _query_similarities(
         sims = fuse(topic_meaning(corpus, queries, closeness, config), words, config.dense_weight)
         if gated:
             # Below the gate a paper is not sent for this topic: marked under any threshold.
-            mix = fuse(closeness, words, config.gate_dense_weight)
-            # A topic is matched today when one paper passes `gate_min`; then each of its
-            # papers must still pass `paper_gate_min`, or, when the topic is clearly present
-            # (a paper reaches `strong_gate_min`), the lower `strong_paper_gate_min` or
-            # `strong_paper_dense_min` in meaning alone. Otherwise nothing is sent for it.
-            best = mix.max(axis=1, initial=-np.inf)
-            strong = (best >= config.strong_gate_min)[:, None]
-            floor = np.where(strong, config.strong_paper_gate_min, config.paper_gate_min)
-            close = strong & (closeness >= config.strong_paper_dense_min)
-            sims[(mix < floor) & ~close] = -1.0
+            # A topic is matched today when one paper passes `gate_min` in the even mix of
+            # meaning and words; then its papers must reach `topic_min_relevance` in what
+            # ranks them. Otherwise nothing is sent for it.
+            best = fuse(closeness, words, config.gate_dense_weight).max(axis=1, initial=-np.inf)
+            sims[sims < config.topic_min_relevance] = -1.0
             sims[best < config.gate_min] = -1.0
         _remember(rows, memo, missing, sims)
         missing = []
