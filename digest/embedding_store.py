@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import numpy as np
-from sqlalchemy import delete, exists, select
+from sqlalchemy import exists, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from digest.db import one_of
@@ -80,29 +81,37 @@ def missing_embeddings(
 def store_embeddings(
     *, session: Session, model: str, paper_ids: Sequence[str], matrix: np.ndarray
 ) -> int:
-    """Store (or replace) the vectors of `paper_ids` under `model`; the caller commits."""
+    """Store (or replace) the vectors of `paper_ids` under `model`; the caller commits. One
+    upsert: two workers storing the same paper at once (a liked paper neither had seen) both
+    succeed, the later one waiting for the first to commit; before, the second failed on the
+    primary key and its batch was retried. A paper id given twice is stored once (its last
+    vector)."""
     if len(paper_ids) != len(matrix):
         raise ValueError(f"{len(paper_ids)} paper ids for {len(matrix)} vectors")
     if not paper_ids:
         return 0
     values, scales = quantize(matrix)
-    session.execute(
-        delete(PaperEmbedding).where(
-            col(PaperEmbedding.model) == model, one_of(session, PaperEmbedding.paper_id, paper_ids)
-        )
-    )
-    session.add_all(
-        PaperEmbedding(
-            model=model,
-            paper_id=paper_id,
-            dim=values.shape[1],
-            scale=float(scale),
-            vector=row.tobytes(),
-        )
+    rows = {
+        paper_id: {
+            "model": model,
+            "paper_id": paper_id,
+            "dim": values.shape[1],
+            "scale": float(scale),
+            "vector": row.tobytes(),
+        }
         for paper_id, row, scale in zip(paper_ids, values, scales, strict=True)
+    }
+    table = PaperEmbedding.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    module = sqlite if dialect == "sqlite" else postgresql
+    statement = module.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["model", "paper_id"],
+        set_={name: statement.excluded[name] for name in ("dim", "scale", "vector")},
     )
-    session.flush()
-    return len(paper_ids)
+    for start in range(0, len(rows), 1000):
+        session.execute(statement, list(rows.values())[start : start + 1000])
+    return len(rows)
 
 
 def load_embeddings(

@@ -223,3 +223,54 @@ def test_file_cache_keyed_by_model_and_text(tmp_path):
     second = paper_embeddings(encoder=again, papers=later, cache=EmbeddingCache(cache.path))
     assert np.array_equal(second[0], first[0])
     assert len(again.texts) == 1
+
+
+def test_two_workers_storing_the_same_new_paper_at_once_both_succeed(engine):
+    """Two workers meet a liked paper neither has seen and store its vector at the same
+    moment. The later one waits for the first to commit, then replaces it; on PostgreSQL the
+    delete-then-insert of before failed it on the primary key (its batch retried)."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(3)
+    first_rows, second_rows = rng.normal(size=(2, 2, DIMENSION))
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with Session(engine) as session:
+                store_embeddings(
+                    session=session, model="m@1", paper_ids=["p2", "p3"], matrix=second_rows
+                )
+                session.commit()
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    with Session(engine) as session:
+        store_embeddings(session=session, model="m@1", paper_ids=["p1", "p2"], matrix=first_rows)
+        other = threading.Thread(target=second)
+        other.start()
+        time.sleep(0.5)  # the second worker is now waiting on the first one's rows
+        session.commit()
+    other.join(60)
+    assert not other.is_alive() and errors == []
+    with Session(engine) as session:
+        stored = load_embeddings(
+            session=session, model="m@1", paper_ids=["p1", "p2", "p3"], dim=DIMENSION
+        )
+        assert stored.found.all() and stored_rows(session) == 3
+    expected = np.vstack([first_rows[0], second_rows])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose((stored.matrix * expected).sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_a_paper_given_twice_is_stored_once_with_its_last_vector(engine):
+    rows = np.eye(3, DIMENSION)
+    with Session(engine) as session:
+        assert (
+            store_embeddings(session=session, model="m@1", paper_ids=["a", "b", "a"], matrix=rows)
+            == 2
+        )
+        session.commit()
+        stored = load_embeddings(session=session, model="m@1", paper_ids=["a", "b"], dim=DIMENSION)
+    assert stored.matrix[0] @ rows[2] > 0.999 and stored.matrix[1] @ rows[1] > 0.999
