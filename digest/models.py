@@ -53,7 +53,8 @@ class Paper(SQLModel, table=True):
     authors: list[str] = _json_list()
     published: dt.datetime | None = _utc_column()
     first_seen: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
-    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # Indexed: the planner and every worker batch ask when papers last changed (max of it).
+    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     url: str | None = None
     categories: list[str] = _json_list()
     upvotes: int | None = None
