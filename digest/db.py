@@ -263,6 +263,15 @@ def require_current_schema(engine: Engine) -> None:
     status = schema_status(engine)
     if status.current:
         return
+    if not status.empty:
+        # Another process may be migrating right now: SQLite's DDL is not transactional, so
+        # its tables appear one by one before their revision is written. Look again once the
+        # process changing the schema (it holds the lock) is done.
+        with schema_lock(engine):
+            pass
+        status = schema_status(engine)
+        if status.current:
+            return
     if status.empty:
         upgrade_schema(engine)
         if schema_status(engine).current:

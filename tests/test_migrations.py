@@ -647,3 +647,40 @@ def test_other_errors_of_the_switch_to_wal_are_not_swallowed():
         db._use_wal(_LockedTwice("disk I/O error"))
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         db._use_wal(_LockedTwice(), patience=-1)
+
+
+def test_a_process_starting_while_another_migrates_sqlite_waits_for_it(tmp_path):
+    """SQLite's DDL is not transactional: mid-upgrade, a starting process saw tables without
+    their revision and refused the database as made before migrations (CI, 1 in 9 starts). It
+    now looks again once the migrating process lets go of the schema lock."""
+    import threading
+
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'digest.db'}"
+    migrating, starting = db.make_engine(url), db.make_engine(url)
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            db.require_current_schema(starting)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (the assertion says which)
+            outcome.append(exc)
+
+    with db.schema_lock(migrating) as connection:
+        # What another process's upgrade has written so far: a table, no revision yet.
+        connection.exec_driver_sql("CREATE TABLE paper (id VARCHAR PRIMARY KEY)")
+        connection.commit()
+        other = threading.Thread(target=start)
+        other.start()
+        other.join(1.0)
+        assert other.is_alive() and outcome == []  # waiting for the lock, not refusing
+        connection.exec_driver_sql("DROP TABLE paper")
+        command.upgrade(db.alembic_config(connection), "head")
+        connection.commit()
+    other.join(30)
+    assert outcome == [None]
+    assert db.schema_status(starting).current
+    migrating.dispose()
+    starting.dispose()
