@@ -7,7 +7,8 @@ from sqlmodel import Session, select
 
 from digest import delivery, digests, subscribers
 from digest.delivery import corpus_cache
-from digest.delivery.store import Claim, delivery_store
+from digest.delivery.outcomes import Claim
+from digest.delivery.store import delivery_store
 from digest.mailer import FileMailer, RateLimiter
 from digest.models import Delivery, DeliveryState, SubscriberStatus
 from digest.ranking import rank_prepared

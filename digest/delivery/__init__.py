@@ -22,6 +22,7 @@ from digest.delivery.corpus_cache import (
     release_freed_memory,
     write_shared,
 )
+from digest.delivery.outcomes import Claim
 from digest.delivery.planner import Plan, plan_deliveries, status_reason, window_of
 from digest.delivery.report import (
     SendSummary,
@@ -35,7 +36,7 @@ from digest.delivery.report import (
 )
 from digest.delivery.send import batches, send_deliveries, send_due_digests
 from digest.delivery.state import backoff, release_unconfirmed, stuck_deliveries
-from digest.delivery.store import Claim, DeliveryStore, delivery_store
+from digest.delivery.store import DeliveryStore, delivery_store
 
 __all__ = [
     "Claim",

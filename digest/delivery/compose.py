@@ -15,8 +15,8 @@ from sqlmodel import Session, col
 from digest.config import Settings
 from digest.db import one_of
 from digest.delivery.corpus_cache import CorpusCache
+from digest.delivery.outcomes import Claim
 from digest.delivery.planner import status_reason, window_of
-from digest.delivery.store import Claim
 from digest.digests import (
     digest_context,
     empty_reason,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from digest.config import Settings
 from digest.db import is_transient
 from digest.delivery import state
-from digest.delivery.store import Claim
+from digest.delivery.outcomes import Claim
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection as DBConnection
 
 from digest.db import is_transient
 from digest.delivery import state
-from digest.delivery.store import OutcomeWriter
+from digest.delivery.outcomes import OutcomeWriter
 from digest.models import DeliveryState
 
 log = logging.getLogger(__name__)

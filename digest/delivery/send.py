@@ -24,6 +24,7 @@ from digest.delivery.compose import Composed, Skip, compose, load_claimed, still
 from digest.delivery.context import Progress, SendContext
 from digest.delivery.corpus_cache import CorpusCache
 from digest.delivery.lease import LeaseKeeper
+from digest.delivery.outcomes import Claim
 from digest.delivery.planner import plan_deliveries
 from digest.delivery.report import (
     SendSummary,
@@ -32,7 +33,7 @@ from digest.delivery.report import (
     start_send_run,
 )
 from digest.delivery.state import release_claim, set_state
-from digest.delivery.store import Claim, DeliveryStore, delivery_store
+from digest.delivery.store import DeliveryStore, delivery_store
 from digest.delivery.transmit import transmit
 from digest.digests import (
     empty_reason,

@@ -19,8 +19,8 @@ from sqlmodel import col
 from digest.delivery.compose import Outgoing
 from digest.delivery.context import SendContext
 from digest.delivery.lease import LeaseKeeper
+from digest.delivery.outcomes import OutcomeWriter
 from digest.delivery.state import backoff, next_attempt
-from digest.delivery.store import OutcomeWriter
 from digest.mailer import Connection, DeliveryError
 from digest.models import DeliveryState, Subscriber, SubscriberStatus
 from digest.render import Mail
