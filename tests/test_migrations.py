@@ -22,7 +22,7 @@ from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString
 
 from digest import db
-from digest.migrations import baseline
+from digest.migrations import adopt, baseline
 from digest.models import Delivery, Subscriber, UTCDateTime
 from digest.tokens import Purpose, make_token
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_SERVICES, SECRET
@@ -144,7 +144,7 @@ def cli(args: list[str], url: str, cwd: Path, **kwargs: Any) -> subprocess.Compl
 
 def differences_from_models(engine: Engine) -> list[Any]:
     with engine.connect() as connection:
-        return db._differences(connection, SQLModel.metadata)
+        return adopt.differences(connection, SQLModel.metadata)
 
 
 # --- the revisions and the models ------------------------------------------------------------

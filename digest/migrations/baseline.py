@@ -2,7 +2,7 @@
 
 Frozen on purpose: models.py moves on and each change comes with a revision, but this stays
 what the baseline revision creates and what a database made before migrations is compared to
-(digest.db.adopt_unversioned) before it is stamped with the baseline.
+(digest.db.adopt_unversioned, digest.migrations.adopt) before it is stamped with the baseline.
 """
 
 from __future__ import annotations
