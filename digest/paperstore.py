@@ -9,8 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
-from sqlalchemy import func as sqlfunc
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -253,7 +252,7 @@ def papers_changed_at(*, session: Session) -> dt.datetime | None:
     """When a paper was last stored or changed (None for an empty store): what a digest
     skipped for want of papers, or a prepared corpus, is compared with."""
     changed: dt.datetime | None = session.execute(
-        core_select(sqlfunc.max(col(Paper.updated_at)))
+        core_select(func.max(col(Paper.updated_at)))
     ).scalar()
     return changed
 
