@@ -643,10 +643,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES)
     parser.add_argument(
         "--split",
-        choices=("tune", "report", "fresh"),
+        choices=("tune", "report", "fresh", "holdout"),
         default="tune",
-        help="tune: the months for choosing settings; report, fresh: held-out months, each run "
-        "once with the settings of its time",
+        help="tune: the months for choosing settings; report, fresh, holdout: held-out months, "
+        "each run once with the settings of its time",
     )
     parser.add_argument(
         "--days",

@@ -45,11 +45,12 @@ def test_cases_keep_the_protocol():
     assert len(cases.interests) >= 60 and len(categories) >= 20
     assert not categories & {"cs.CV", "cs.AI", "cs.CL", "cs.LG"}
     assert {i.kind for i in cases.interests} == {"short", "vague", "multi", "jargon"}
-    tune, report, fresh, liked = (
-        set(cases.months[k]) for k in ("tune", "report", "fresh", "liked")
+    tune, report, fresh, holdout, liked = (
+        set(cases.months[k]) for k in ("tune", "report", "fresh", "holdout", "liked")
     )
     assert len(tune | report) >= 3 and not tune & report and not liked & (tune | report)
     assert not fresh & (tune | report | liked)
+    assert not holdout & (tune | report | fresh | liked)
 
 
 def test_relevance_only_opens_every_floor_of_the_gate():
