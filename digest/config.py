@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     half_life_days: float = Field(default=3.0, gt=0)
     min_relevance: float = Field(default=0.05, ge=0)
     weight_topic: float = Field(default=0.6, ge=0)
-    weight_recency: float = Field(default=0.25, ge=0)
+    weight_recency: float = Field(default=0.1, ge=0)
     weight_trending: float = Field(default=0.15, ge=0)
     # Paper embeddings (digest/encoder.py): "minilm" encodes each paper once, after ingestion;
     # "tfidf" runs without an encoder (also the fallback when the model is not installed).

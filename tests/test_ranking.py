@@ -380,9 +380,12 @@ def test_one_topic_does_not_crowd_out_the_others():
     )
     papers += [make_rank_paper() for _ in range(5)]
     profile = make_profile(topics=("diffusion models", "legged robots"))
-    crowded = RankingConfig(top_k=5, topic_crowding=0.0)
+    # Recency weighs enough here for the five-day-old paper to fall behind every fresh diffusion
+    # paper when topics do not take turns.
+    crowded = RankingConfig(top_k=5, topic_crowding=0.0, weight_recency=0.25)
     (without,) = rank_papers(papers, [profile], now=NOW, config=crowded)
-    (with_turns,) = rank_papers(papers, [profile], now=NOW, config=RankingConfig(top_k=5))
+    turns = RankingConfig(top_k=5, weight_recency=0.25)
+    (with_turns,) = rank_papers(papers, [profile], now=NOW, config=turns)
     assert "walk" not in ids(without) and len(without) == 5
     assert "walk" in ids(with_turns)
     assert "matches 'legged robots'" in with_turns[ids(with_turns).index("walk")].why

@@ -72,7 +72,13 @@ class RankingConfig:
     # Below this relevance a paper is not sent at all: an empty day is better than noise.
     min_relevance: float = 0.05
     weight_topic: float = 0.6
-    weight_recency: float = 0.25
+    # Recency breaks near-ties: today's paper goes before one from two days ago only when they
+    # are within about 6 % of the profile's best relevance (0.1 x (1 - 2^(-2/3)) = 0.037 of a
+    # topical credit of 0.6). At 0.25 it reordered more than that: liked-paper P@10 -0.0055
+    # [-0.0069, -0.0041] against 0.1 on the tuning months (bench/relevance.py --split tune --set
+    # weight_recency=0.1; topics +0.001 [-0.000, 0.003]), where every candidate is at most three
+    # announcement days old and age says nothing of relevance.
+    weight_recency: float = 0.1
     weight_trending: float = 0.15
     # The topical part is relevance over the profile's best relevance of the day, but never over
     # less than this: on a day with only weak matches, none of them gets full topical credit.
