@@ -11,6 +11,8 @@ two announcement days before it; eight digest days are spread over each month.
 - `--split fresh` (2025-07, 2025-08) was added on 2026-12-04, before any method ran on it, once
   the report months had been seen with the ranker of that time: settings chosen on tune after
   that are reported here. Its liked papers (2025-12..2026-02) come from after its days.
+- `--split holdout` (2025-05, 2025-06) was added on 2026-12-05, before any method ran on it, once
+  the fresh months had been seen too: the recency weight chosen on tune that day is reported here.
 
 Two kinds of profile, scored apart:
 
