@@ -46,6 +46,30 @@ def test_a_text_gets_the_same_vector_whatever_it_is_batched_with(encoder):
     assert float(alone @ batched) > 0.99999
 
 
+def test_batches_hold_to_the_text_and_word_piece_limits():
+    from digest.encoder import batches
+
+    lengths = [250, 5, 7, 256, 6, 120, 5, 240, 9, 300]
+    chunks = batches(lengths, batch_size=3, max_pieces=512)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) <= 3
+        if len(chunk) > 1:
+            assert len(chunk) * max(lengths[i] for i in chunk) <= 512
+    # Shortest first; the short texts fill a batch, long ones go two at a time, the one over
+    # the budget alone.
+    assert chunks == [[1, 6, 4], [2, 8, 5], [7, 0], [3], [9]]
+
+
+def test_abstracts_get_the_vectors_they_get_alone(encoder):
+    # Long texts are split into several batches by the word-piece budget: each keeps its own
+    # vector and its place.
+    texts = [ROBOTICS * 3, "robots", CRYPTO * 3, CRYPTO, ROBOTICS * 2, "ciphers"] * 3
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    assert np.min(np.sum(together * alone, axis=1)) > 0.99999
+
+
 def test_a_robotics_paper_is_closer_to_robot_learning_than_a_cryptography_one(encoder):
     query, robotics, crypto = encoder.encode(["robot learning", ROBOTICS, CRYPTO])
     assert query @ robotics > query @ crypto + 0.2
